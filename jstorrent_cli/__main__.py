@@ -1,0 +1,3 @@
+from jstorrent_cli.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""Every limit jstorrent keeps, in one frozen dataclass.
+
+Each field has its default and one line of why. Command-line flags build a Config with
+`dataclasses.replace`; no module hard-codes a number that belongs here. Sections are grouped by the
+module that reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+BLOCK_SIZE = 16 * KiB  # the protocol's request unit; every client requests 16 KiB and many refuse more
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    # --- bencode (core/bencode.py) -------------------------------------------------------------
+    # Deepest nesting accepted: real torrents nest 4-5 levels; bencodepy dies near 500.
+    bencode_max_depth: int = 64
+    # Largest bencoded input decoded at all: a .torrent of 10,000s of files is a few MiB.
+    bencode_max_size: int = 64 * MiB
+
+    # --- metainfo (core/metainfo.py) -----------------------------------------------------------
+    # Largest .torrent file read: real ones with hundreds of thousands of pieces stay under 20 MiB.
+    max_torrent_file_size: int = 64 * MiB
+    # Smallest and largest piece length accepted: BEP 3 clients use 16 KiB..16 MiB; 256 MiB is absurd but seen.
+    min_piece_length: int = BLOCK_SIZE
+    max_piece_length: int = 256 * MiB
+    # Most pieces accepted: 20 bytes of hash each, so 4 M pieces is an 80 MiB `pieces` string.
+    max_piece_count: int = 4_000_000
+    # Most files in one torrent: keeps per-file tables bounded.
+    max_file_count: int = 1_000_000
+    # Largest total size (2**53 keeps every offset exact in a float and within any filesystem).
+    max_total_size: int = 2**53
+    # How many "name.N.ext" variants we try to disambiguate duplicate paths before giving up.
+    max_duplicate_renames: int = 1000
+
+    # --- create (jstorrent create) -------------------------------------------------------------
+    # Piece length "auto" aims at about this many pieces, within the bounds below.
+    create_target_pieces: int = 1500
+    create_min_auto_piece_length: int = 16 * KiB
+    create_max_auto_piece_length: int = 16 * MiB
+    # Worker threads hashing in parallel (SHA-1 releases the GIL); 2 cores here.
+    hash_threads: int = 2
+
+    # --- peer wire (core/wire.py) --------------------------------------------------------------
+    # Largest request we make and accept: the de facto block size.
+    block_size: int = BLOCK_SIZE
+    # Largest non-piece message accepted (an extended handshake or a bitfield of a 4M-piece torrent).
+    max_message_length: int = 1 * MiB + 64
+    # Handshake must complete within this long (DESIGN: handshake 10 s).
+    handshake_timeout: float = 10.0
+    # Outgoing TCP connect deadline (DESIGN: connect 15 s).
+    connect_timeout: float = 15.0
+    # A connection with no byte received for this long is dropped (DESIGN: silence 120 s).
+    silence_timeout: float = 120.0
+    # We send a keep-alive after this long without sending anything (DESIGN: 60 s).
+    keepalive_interval: float = 60.0
+    # The reqq we advertise in the extended handshake: how many requests we queue for a peer.
+    advertised_reqq: int = 500
+
+    # --- scheduler (core/scheduler.py, core/picker.py) -----------------------------------------
+    # Global unflushed-data budget: requested-not-received + received-not-written. Big enough for
+    # 500 MB/s x ~0.1 s of disk latency, small enough to be harmless on a small machine.
+    max_unflushed_bytes: int = 64 * MiB
+    # Per-peer request limit starts here (slow start) and grows by one per block received.
+    peer_limit_initial: int = 4
+    # Per-peer limit bounds: never below 2 (keeps the pipe busy), never above 500 (libtorrent's reqq).
+    peer_limit_min: int = 2
+    peer_limit_max: int = 500
+    # After slow start the limit is rate x this many seconds of queue / block size.
+    peer_queue_seconds: float = 2.0
+    # Request deadline: mean + k x deviation of the peer's request-to-block time, clamped.
+    request_timeout_k: float = 4.0
+    request_timeout_min: float = 2.0
+    request_timeout_max: float = 60.0
+    # A peer with requests out and no block for this long is snubbed (limit 1).
+    snub_timeout: float = 20.0
+    # Endgame: at most this many peers hold the same block at once.
+    endgame_max_dups: int = 3
+    # New piece starts are capped at this many partial pieces per connected peer...
+    partial_pieces_per_peer: float = 1.5
+    # ...or this many bytes of partial pieces, whichever is larger.
+    partial_pieces_bytes: int = 32 * MiB
+    # A peer that contributed to this many failed pieces (not alone) is banned.
+    hash_fail_ban_threshold: int = 3
+
+    # --- choker (core/choker.py) ---------------------------------------------------------------
+    # Upload slots: 3 by rate + 1 optimistic (BEP 3 practice).
+    upload_slots: int = 4
+    # Re-evaluate choking this often.
+    choke_interval: float = 10.0
+    # Rotate the optimistic unchoke this often.
+    optimistic_interval: float = 30.0
+
+    # --- trackers (core/announce.py, tasks/tracker.py) -----------------------------------------
+    # Peers asked of a tracker per announce.
+    numwant: int = 200
+    # Most peers accepted from one response; the rest are ignored (a hostile tracker sends 100,000).
+    max_peers_per_response: int = 2000
+    # Largest tracker response body read (bytes); more is a tracker error.
+    max_tracker_response: int = 2 * MiB
+    # HTTP announce deadline.
+    tracker_timeout: float = 15.0
+    # UDP: first retransmission after this long, doubling, at most this many tries (BEP 15 says
+    # 15 x 2^n up to 8 tries; far too long for a command-line tool).
+    udp_initial_timeout: float = 2.0
+    udp_max_tries: int = 4
+    # A UDP connection id is valid for this long (BEP 15: one minute).
+    udp_connection_id_lifetime: float = 60.0
+    # Interval used when a tracker gives none, and bounds on what it may ask.
+    default_announce_interval: float = 1800.0
+    min_announce_interval: float = 30.0
+    # When every peer is gone, re-announce after this long instead of waiting for the interval.
+    dry_swarm_reannounce: float = 30.0
+    # Retry a failed tracker after this long, doubling up to the max.
+    tracker_retry_initial: float = 15.0
+    tracker_retry_max: float = 900.0
+    # The final `stopped` announce may take this long before we give up and exit.
+    stopped_announce_deadline: float = 3.0
+
+    # --- session (tasks/) -----------------------------------------------------------------------
+    # Peers connected per torrent at most (aria2: --bt-max-peers 55; ours 50).
+    max_peers: int = 50
+    # Default listen port range, first free one wins (as BitTorrent clients traditionally do).
+    listen_port_min: int = 6881
+    listen_port_max: int = 6999
+
+    # --- display (ui/) ---------------------------------------------------------------------------
+    # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.
+    refresh_hz: float = 4.0
+    # Plain-line view: one status line this often (seconds).
+    plain_interval: float = 5.0
+
+
+DEFAULT_CONFIG = Config()

@@ -1,0 +1,1 @@
+"""The Trio shell: every await lives here."""
