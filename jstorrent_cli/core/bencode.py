@@ -15,14 +15,14 @@ infohash is SHA-1 of the very bytes of `info`, never of a re-encoding.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import TypeAlias
 
 import bencodepy
 
 from jstorrent_cli.config import DEFAULT_CONFIG
 from jstorrent_cli.errors import BencodeEncodeError, BencodeError
 
-Value = Union[int, bytes, list["Value"], dict[bytes, "Value"]]
+Value: TypeAlias = int | bytes | list["Value"] | dict[bytes, "Value"]
 
 _DIGITS = frozenset(b"0123456789")
 # Longest integer accepted, in digits: 64-bit values need 20; Python refuses to parse over 4300.

@@ -1,0 +1,289 @@
+"""The command line: a thin click group. Flags become arguments and Config; errors become exit statuses.
+
+No logic lives here beyond reading files named on the command line and printing results. Every
+JsTorrentError ends as one line on stderr and its exit status; Ctrl-C is 130; a bug prints one line
+(set JSTORRENT_DEBUG=1 for the traceback) and exits 1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import trio
+
+from jstorrent_cli import __version__
+from jstorrent_cli.config import DEFAULT_CONFIG
+from jstorrent_cli.core import magnet as magnet_mod
+from jstorrent_cli.core import metainfo
+from jstorrent_cli.errors import (
+    ExitStatus,
+    FileOpenError,
+    InputNotFoundError,
+    JsTorrentError,
+    MetainfoError,
+    UsageError,
+)
+from jstorrent_cli.ui.format import format_size, parse_size
+
+
+def read_torrent_file(path: str) -> metainfo.Torrent:
+    """Read and parse a .torrent named by the user; every failure is a JsTorrentError."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise FileOpenError(f"{path}: {exc.strerror}") from None
+    if p.is_dir():
+        raise FileOpenError(f"{path}: is a directory, not a .torrent file")
+    if size > DEFAULT_CONFIG.max_torrent_file_size:
+        raise MetainfoError(
+            f"{path}: {format_size(size)} is too large for a .torrent file "
+            f"(limit {format_size(DEFAULT_CONFIG.max_torrent_file_size)})"
+        )
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise FileOpenError(f"{path}: {exc.strerror}") from None
+    try:
+        return metainfo.parse(data)
+    except MetainfoError as exc:
+        exc.args = (f"{path}: {exc}",)
+        raise
+
+
+def _date(timestamp: int | None) -> str | None:
+    if timestamp is None:
+        return None
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(timestamp)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def torrent_record(t: metainfo.Torrent) -> dict[str, Any]:
+    """The stable JSON shape of `jstorrent info --json` (documented in docs/usage.md)."""
+    return {
+        "name": t.name,
+        "info_hash": t.info_hash_hex,
+        "total_length": t.total_length,
+        "piece_length": t.piece_length,
+        "piece_count": t.piece_count,
+        "private": t.private,
+        "trackers": [list(tier) for tier in t.trackers],
+        "web_seeds": list(t.web_seeds),
+        "creation_date": t.creation_date,
+        "created_by": t.created_by,
+        "comment": t.comment,
+        "files": [
+            {"index": i, "path": "/".join(f.path), "length": f.length}
+            for i, f in enumerate(t.files, start=1)
+            if not f.pad
+        ],
+    }
+
+
+def print_torrent(t: metainfo.Torrent) -> None:
+    out = click.echo
+    out(f"Name:        {t.name}")
+    out(f"Info hash:   {t.info_hash_hex}")
+    out(f"Total size:  {format_size(t.total_length)} ({t.total_length:,} bytes)")
+    out(f"Pieces:      {t.piece_count:,} x {format_size(t.piece_length)}")
+    out(f"Private:     {'yes' if t.private else 'no'}")
+    if t.creation_date is not None:
+        out(f"Created on:  {_date(t.creation_date)}")
+    if t.created_by:
+        out(f"Created by:  {t.created_by}")
+    if t.comment:
+        out(f"Comment:     {t.comment}")
+    if t.trackers:
+        out("Trackers:")
+        for n, tier in enumerate(t.trackers, start=1):
+            for url in tier:
+                out(f"  tier {n}: {url}")
+    if t.web_seeds:
+        out("Web seeds:")
+        for url in t.web_seeds:
+            out(f"  {url}")
+    out("Files:")
+    out(f"  {'idx':>5} | {'size':>10} | path")
+    for i, f in enumerate(t.files, start=1):
+        if not f.pad:
+            out(f"  {i:>5} | {format_size(f.length):>10} | {'/'.join(f.path)}")
+
+
+def magnet_record(m: magnet_mod.Magnet) -> dict[str, Any]:
+    return {
+        "info_hash": m.info_hash.hex(),
+        "name": m.display_name,
+        "trackers": list(m.trackers),
+        "peers": [f"{host}:{port}" for host, port in m.peers],
+        "web_seeds": list(m.web_seeds),
+        "select_only": list(m.select_only) if m.select_only is not None else None,
+    }
+
+
+def print_magnet(m: magnet_mod.Magnet) -> None:
+    rec = magnet_record(m)
+    click.echo(f"Info hash:   {rec['info_hash']}")
+    click.echo(f"Name:        {rec['name'] if rec['name'] is not None else '(not given)'}")
+    for key, title in (("trackers", "Trackers"), ("peers", "Peers"), ("web_seeds", "Web seeds")):
+        if rec[key]:
+            click.echo(f"{title}:")
+            for item in rec[key]:
+                click.echo(f"  {item}")
+    if rec["select_only"] is not None:
+        click.echo(f"Select only: {', '.join(map(str, rec['select_only']))}")
+    click.echo("(a magnet link carries no file list: it is fetched from peers)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="jstorrent")
+def cli() -> None:
+    """jstorrent: a BitTorrent downloader that explains itself."""
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def info(source: str, as_json: bool) -> None:
+    """Show what a .torrent file (or a magnet link) holds."""
+    if source.startswith("magnet:"):
+        m = magnet_mod.parse_magnet(source)
+        if as_json:
+            click.echo(json.dumps(magnet_record(m), indent=2))
+        else:
+            print_magnet(m)
+        return
+    t = read_torrent_file(source)
+    if as_json:
+        click.echo(json.dumps(torrent_record(t), indent=2))
+    else:
+        print_torrent(t)
+
+
+def _piece_length_option(text: str) -> int | None:
+    if text == "auto":
+        return None
+    value = parse_size(text, what="piece length")
+    lo, hi = DEFAULT_CONFIG.min_piece_length, DEFAULT_CONFIG.create_max_auto_piece_length
+    if value & (value - 1) or not lo <= value <= hi:
+        raise UsageError(
+            f"invalid piece length {text!r}: a power of two from {format_size(lo)} to {format_size(hi)}"
+        )
+    return value
+
+
+def _check_url(url: str, schemes: tuple[str, ...], what: str) -> str:
+    url = url.strip()
+    if not url.lower().startswith(schemes):
+        raise UsageError(f"invalid {what} {url!r}: must start with {' or '.join(schemes)}")
+    return url
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-t", "--tracker", "trackers", multiple=True,
+              help="Announce URL; repeat for more tiers, or separate URLs of one tier with commas.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Where to write the .torrent (default: NAME.torrent in the current folder).")
+@click.option("--piece-length", default="auto", show_default=True,
+              help="'auto' or a power of two such as 256K or 1M.")
+@click.option("--private", is_flag=True, help="Set the private flag (BEP 27): no DHT, PEX or LSD.")
+@click.option("--web-seed", "web_seeds", multiple=True, help="A web seed URL (BEP 19); repeatable.")
+@click.option("--comment", default=None, help="A free-text comment stored in the torrent.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+def create(
+    path: Path,
+    trackers: tuple[str, ...],
+    output: Path | None,
+    piece_length: str,
+    private: bool,
+    web_seeds: tuple[str, ...],
+    comment: str | None,
+    force: bool,
+) -> None:
+    """Make a .torrent from a file or a folder."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from jstorrent_cli.tasks.create import create_torrent
+
+    schemes = ("http://", "https://", "udp://")
+    tiers = [[_check_url(u, schemes, "tracker URL") for u in t.split(",") if u.strip()] for t in trackers]
+    seeds = [_check_url(u, ("http://", "https://"), "web seed URL") for u in web_seeds]
+    length = _piece_length_option(piece_length)
+    if output is None:
+        output = Path(path.resolve().name + ".torrent")
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=_stderr_console(), transient=True, disable=not sys.stderr.isatty(),
+    )
+    task_id = progress.add_task("hashing", total=None)
+
+    async def run() -> tuple[bytes, list[str]]:
+        with progress:
+            return await create_torrent(
+                path, output, trackers=tiers, web_seeds=seeds, piece_length=length, private=private,
+                comment=comment, force=force,
+                progress_start=lambda total: progress.update(task_id, total=total),
+                progress=lambda n: progress.advance(task_id, n),
+            )
+
+    data, skipped = trio.run(run)
+    for note in skipped:
+        click.echo(f"jstorrent: {note}", err=True)
+    t = metainfo.parse(data)
+    click.echo(f"{output}: {t.name}, {format_size(t.total_length)} in {t.piece_count} pieces "
+               f"of {format_size(t.piece_length)}, info hash {t.info_hash_hex}")
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    try:
+        click.echo(f"jstorrent: {message}", err=True)
+    finally:
+        sys.exit(status)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The console script. Maps every outcome to an exit status."""
+    try:
+        result = cli.main(args=argv, prog_name="jstorrent", standalone_mode=False)
+        sys.stdout.flush()
+        sys.exit(result if isinstance(result, int) else 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.UsageError as exc:
+        hint = f" (try 'jstorrent {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
+        _fail(f"{exc.format_message()}{hint}", ExitStatus.BAD_OPTION)
+    except click.exceptions.Abort:
+        _fail("interrupted", ExitStatus.INTERRUPTED)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), ExitStatus.UNKNOWN)
+    except JsTorrentError as exc:
+        _fail(str(exc), exc.exit_status)
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader of our stdout went away (`jstorrent info x | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(ExitStatus.OK)
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if os.environ.get("JSTORRENT_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set JSTORRENT_DEBUG=1 for details)",
+              ExitStatus.UNKNOWN)
