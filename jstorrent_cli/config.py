@@ -122,6 +122,12 @@ class Config:
     tracker_retry_max: float = 900.0
     # The final `stopped` announce may take this long before we give up and exit.
     stopped_announce_deadline: float = 3.0
+    # A tracker asking for a longer interval than this is re-announced to anyway: peers come and go.
+    max_announce_interval: float = 3600.0
+    # Largest UDP datagram read from a tracker: no UDP payload is bigger than 65,507 bytes.
+    udp_max_datagram: int = 65536
+    # HTTP trackers may redirect (http -> https, moved hosts); a longer chain is a tracker error.
+    tracker_max_redirects: int = 3
 
     # --- session (tasks/) -----------------------------------------------------------------------
     # Peers connected per torrent at most (aria2: --bt-max-peers 55; ours 50).
