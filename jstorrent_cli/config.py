@@ -38,6 +38,10 @@ class Config:
     max_total_size: int = 2**53
     # How many "name.N.ext" variants we try to disambiguate duplicate paths before giving up.
     max_duplicate_renames: int = 1000
+    # Longest file or directory name kept (UTF-8 bytes): filesystems allow 255; headroom for ".N" renames.
+    max_path_element_bytes: int = 240
+    # A name truncated to the limit above keeps its extension when it is at most this long (".tar.gz").
+    max_kept_extension_bytes: int = 16
 
     # --- create (jstorrent create) -------------------------------------------------------------
     # Piece length "auto" aims at about this many pieces, within the bounds below.
