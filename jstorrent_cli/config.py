@@ -140,6 +140,19 @@ class Config:
     listen_port_min: int = 6881
     listen_port_max: int = 6999
 
+    # --- storage (tasks/storage.py) ------------------------------------------------------------
+    # Open file handles kept (LRU): far below the usual 1024-descriptor limit, leaving room for sockets.
+    max_open_files: int = 64
+    # Worker threads writing to disk at once: a few overlap disk latency; more only thrash the disk.
+    disk_threads: int = 4
+    # How a new file gets its space: none (grow as written), sparse (ftruncate at open, instant),
+    # full (posix_fallocate: slow to start on big files, so never the default).
+    file_allocation: str = "sparse"
+    # Most bytes taken into one writer thread hop: bounds how long BlocksWritten waits for a batch.
+    write_batch_max_bytes: int = 8 * MiB
+    # Read-back for hashing goes in slices of this size, so a 256 MiB piece never sits in memory.
+    hash_read_size: int = 1 * MiB
+
     # --- display (ui/) ---------------------------------------------------------------------------
     # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.
     refresh_hz: float = 4.0

@@ -1,0 +1,586 @@
+"""The write path: blocks to their place in the files, pieces read back and hashed.
+
+Every received block goes to the writer at once (DESIGN.md, "The write path"). A batch of blocks
+becomes a list of runs, one per stretch of contiguous bytes in one file; each run is one
+`os.pwritev`, and a whole batch is one hop into a worker thread. Pad files (BEP 47) are never
+written; zero-length files are created empty by `prepare`. A piece whose blocks are all on disk is
+read back with `os.pread` and SHA-1 hashed in a worker thread, pad bytes fed as zeros.
+
+Files are opened lazily, once, and kept in a bounded LRU cache of descriptors shared by the worker
+threads. Every path is opened one component at a time from a descriptor of the root folder, with
+O_NOFOLLOW: a symlink planted anywhere inside the output folder is refused, never followed, so
+nothing is ever created outside it.
+
+Every OSError becomes one StorageError subclass naming the file: disk full (exit 9), a file that
+cannot be opened (16) or created (17), any other I/O error (18).
+
+The API is plain tuples and callables so the session can glue it to the scheduler:
+`write_blocks`, `hash_piece`, `read_block`, and the two loops `writer_loop` / `hasher_loop`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TypeAlias
+
+import trio
+
+from jstorrent_cli.config import DEFAULT_CONFIG, Config
+from jstorrent_cli.core.geometry import Geometry
+from jstorrent_cli.errors import DiskFullError, FileCreateError, FileOpenError, StorageError, UsageError
+
+BlockData: TypeAlias = bytes | bytearray | memoryview
+# (piece, begin, data): a block to write.
+Block: TypeAlias = tuple[int, int, BlockData]
+# (piece, begin, length): a block that is on disk now.
+Written: TypeAlias = tuple[int, int, int]
+# os.pwritev / os.pread shapes; injectable so tests can count calls and simulate failing disks.
+PWritev: TypeAlias = Callable[[int, Sequence[memoryview], int], int]
+PRead: TypeAlias = Callable[[int, int, int], bytes]
+
+ALLOCATION_MODES = ("none", "sparse", "full")
+
+# Permissions for what we create; the user's umask narrows them, as for any command-line tool.
+_DIR_MODE = 0o777
+_FILE_MODE = 0o666
+# POSIX's guaranteed minimum of iovecs per pwritev (_XOPEN_IOV_MAX), if the system will not say.
+_XOPEN_IOV_MAX = 16
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
+# posix_fallocate on a filesystem that cannot preallocate: fall back to a sparse file.
+_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
+# What a symlink met on the way is reported as, whatever errno the refused open gave.
+_SYMLINK = OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+
+
+def _iov_max() -> int:
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (ValueError, OSError):
+        value = -1
+    return value if value > 0 else _XOPEN_IOV_MAX
+
+
+_IOV_MAX = _iov_max()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StorageFile:
+    """One file of the torrent: relative path parts (already sanitised), length, BEP 47 pad flag."""
+
+    path: tuple[str, ...]
+    length: int
+    pad: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """Contiguous bytes for one file: one pwritev."""
+
+    file_index: int
+    offset: int
+    end: int
+    buffers: list[memoryview]
+
+
+def _nbytes(data: BlockData) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err)
+
+
+def _map_error(err: OSError, action: str, path: str, *, creating: bool) -> StorageError:
+    """The one StorageError a user sees for `err` while doing `action` on `path`."""
+    if err.errno in _DISK_FULL:
+        return DiskFullError(f"disk full: cannot {action} {path}: {_reason(err)}")
+    if err.errno == errno.ELOOP:
+        return StorageError(f"refusing to {action} {path}: the path goes through a symbolic link")
+    if err.errno in _DENIED:
+        cls = FileCreateError if creating else FileOpenError
+        return cls(f"cannot {action} {path}: {_reason(err)}")
+    return StorageError(f"cannot {action} {path}: {_reason(err)}")
+
+
+class _Handles:
+    """A bounded LRU cache of open descriptors, shared by worker threads.
+
+    A descriptor in use by a thread is never closed under it: eviction skips it (the cache may
+    exceed its bound for as long as every entry is in use) and `close` defers it to the release.
+    """
+
+    def __init__(self, capacity: int, opener: Callable[[int], int], names: Sequence[str]) -> None:
+        self._capacity = max(1, capacity)
+        self._opener = opener
+        self._names = names
+        self._lock = threading.Lock()
+        self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._users: dict[int, int] = {}
+        self._closed = False
+
+    def acquire(self, index: int) -> int:
+        with self._lock:
+            if self._closed:
+                raise StorageError("storage is closed")
+            fd = self._fds.get(index)
+            if fd is None:
+                # Opening under the lock: opens are rare (once per file) and never race each other.
+                fd = self._opener(index)
+                self._fds[index] = fd
+            else:
+                self._fds.move_to_end(index)
+            self._users[index] = self._users.get(index, 0) + 1
+            self._trim()
+            return fd
+
+    def release(self, index: int) -> None:
+        with self._lock:
+            left = self._users[index] - 1
+            if left:
+                self._users[index] = left
+            else:
+                del self._users[index]
+            if self._closed and not left:
+                self._close(index)
+            self._trim()
+
+    def open_now(self) -> list[int]:
+        with self._lock:
+            return list(self._fds.values())
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._fds)
+
+    def _trim(self) -> None:
+        if len(self._fds) <= self._capacity:
+            return
+        for index in [i for i in self._fds if i not in self._users]:
+            if len(self._fds) <= self._capacity:
+                break
+            self._close(index)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for index in [i for i in self._fds if i not in self._users]:
+                self._close(index)
+
+    def _close(self, index: int) -> None:
+        try:
+            os.close(self._fds.pop(index))
+        except OSError as err:  # a write the OS had deferred failed (NFS does this)
+            raise _map_error(err, "close", self._names[index], creating=False) from None
+
+
+class Storage:
+    """The files of one download under `root`: writes blocks, hashes pieces, reads blocks back.
+
+    `files` and `geometry` describe the same torrent (same order, same lengths). Worker threads:
+    `config.disk_threads` for writes, `config.hash_threads` for read-back hashing.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        files: Sequence[StorageFile],
+        geometry: Geometry,
+        config: Config = DEFAULT_CONFIG,
+        *,
+        pwritev: PWritev = os.pwritev,
+        pread: PRead = os.pread,
+    ) -> None:
+        if len(files) != geometry.file_count or any(
+            f.length != geometry.file_length(i) or f.pad != geometry.is_pad(i) for i, f in enumerate(files)
+        ):
+            raise ValueError("files and geometry describe different torrents")
+        if config.file_allocation not in ALLOCATION_MODES:
+            raise UsageError(
+                f"unknown file allocation {config.file_allocation!r} (use one of {', '.join(ALLOCATION_MODES)})"
+            )
+        self._root = os.path.realpath(os.fspath(root))
+        self._files = tuple(files)
+        self._display = tuple(self._checked_path(f) for f in self._files)
+        self._geometry = geometry
+        self._config = config
+        self._pwritev = pwritev
+        self._pread = pread
+        self._handles = _Handles(config.max_open_files, self._open_file, self._display)
+        self._write_limiter = trio.CapacityLimiter(config.disk_threads)
+        self._hash_limiter = trio.CapacityLimiter(config.hash_threads)
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+    def path_of(self, file_index: int) -> str:
+        """The absolute path of a file (where it is or will be)."""
+        return self._display[file_index]
+
+    @property
+    def open_file_count(self) -> int:
+        return self._handles.count
+
+    def _checked_path(self, f: StorageFile) -> str:
+        parts = f.path
+        bad = not parts or any(
+            p in ("", ".", "..") or "\0" in p or os.sep in p or (os.altsep and os.altsep in p) for p in parts
+        )
+        full = os.path.normpath(os.path.join(self._root, *parts)) if not bad else ""
+        if bad or os.path.commonpath([self._root, full]) != self._root or full == self._root:
+            raise StorageError(f"refusing the unsafe path {'/'.join(parts)!r}: it would leave {self._root}")
+        return full
+
+    # --- opening -------------------------------------------------------------------------------
+
+    def _open_root(self) -> int:
+        try:
+            os.makedirs(self._root, mode=_DIR_MODE, exist_ok=True)
+            return os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise _map_error(err, "create the folder", self._root, creating=True) from None
+
+    def _enter_dir(self, dir_fd: int, name: str, display: str) -> int:
+        """Descend into (creating if needed) directory `name`; refuse a symlink."""
+        try:
+            os.mkdir(name, mode=_DIR_MODE, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise _map_error(err, "create a folder for", display, creating=True) from None
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as err:
+            cause = _SYMLINK if self._is_symlink(dir_fd, name) else err
+            raise _map_error(cause, "create a folder for", display, creating=True) from None
+
+    @staticmethod
+    def _is_symlink(dir_fd: int, name: str) -> bool:
+        try:
+            return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    @staticmethod
+    def _exists(dir_fd: int, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    def _open_file(self, index: int) -> int:
+        """Open (creating, allocating) file `index`, one path component at a time under the root."""
+        f = self._files[index]
+        display = self._display[index]
+        dir_fd = self._open_root()
+        try:
+            for name in f.path[:-1]:
+                inner = self._enter_dir(dir_fd, name, display)
+                os.close(dir_fd)
+                dir_fd = inner
+            name = f.path[-1]
+            try:
+                fd = os.open(name, _OPEN_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+            except OSError as err:
+                cause = _SYMLINK if self._is_symlink(dir_fd, name) else err
+                existed = self._exists(dir_fd, name)
+                raise _map_error(cause, "open" if existed else "create", display, creating=not existed) from None
+        finally:
+            os.close(dir_fd)
+        try:
+            self._allocate(fd, f.length, display)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _allocate(self, fd: int, length: int, display: str) -> None:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise FileOpenError(f"cannot open {display}: not a regular file")
+            mode = self._config.file_allocation
+            if info.st_size > length or (mode == "sparse" and info.st_size < length):
+                os.ftruncate(fd, length)
+            elif mode == "full" and info.st_size < length:
+                try:
+                    os.posix_fallocate(fd, 0, length)
+                except OSError as err:
+                    if err.errno not in _NO_FALLOCATE:
+                        raise
+                    os.ftruncate(fd, length)
+        except OSError as err:
+            raise _map_error(err, "allocate", display, creating=False) from None
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def _plan(self, blocks: Iterable[Block]) -> list[_Run]:
+        """Cut blocks at file boundaries, drop pad bytes, merge contiguous (and duplicate) bytes."""
+        pieces: list[tuple[int, int, memoryview]] = []
+        for piece, begin, data in blocks:
+            view = memoryview(data).cast("B")
+            position = 0
+            for span in self._geometry.block_spans(piece, begin, view.nbytes):
+                if not span.pad:
+                    pieces.append((span.file_index, span.file_offset, view[position : position + span.length]))
+                position += span.length
+        pieces.sort(key=lambda item: (item[0], item[1]))
+        runs: list[_Run] = []
+        for index, offset, view in pieces:
+            last = runs[-1] if runs else None
+            if last is not None and last.file_index == index and offset <= last.end:
+                skip = last.end - offset  # bytes already in the run (a duplicate or an overlap)
+                if skip < view.nbytes:
+                    last.buffers.append(view[skip:])
+                    last.end = offset + view.nbytes
+            else:
+                runs.append(_Run(index, offset, offset + view.nbytes, [view]))
+        return runs
+
+    def _write_run(self, fd: int, run: _Run) -> None:
+        buffers = run.buffers
+        offset = run.offset
+        first = 0
+        while first < len(buffers):
+            wrote = self._pwritev(fd, buffers[first : first + _IOV_MAX], offset)
+            if wrote <= 0:
+                raise OSError(errno.EIO, "the disk accepted no bytes")
+            offset += wrote
+            while wrote:
+                size = buffers[first].nbytes
+                if wrote >= size:
+                    wrote -= size
+                    first += 1
+                else:
+                    buffers[first] = buffers[first][wrote:]
+                    wrote = 0
+
+    def _write_sync(self, blocks: Sequence[Block]) -> None:
+        for run in self._plan(blocks):
+            fd = self._handles.acquire(run.file_index)
+            try:
+                self._write_run(fd, run)
+            except OSError as err:
+                raise _map_error(err, "write", self._display[run.file_index], creating=False) from None
+            finally:
+                self._handles.release(run.file_index)
+
+    async def write_blocks(self, blocks: Sequence[Block]) -> list[Written]:
+        """Write the blocks (any order, duplicates harmless) in one worker-thread hop.
+
+        Returns `(piece, begin, length)` for every block given, in the order given, once all of
+        them are on disk (in the OS's cache: `sync` makes them durable).
+        """
+        written = [(piece, begin, _nbytes(data)) for piece, begin, data in blocks]
+        if written:
+            await trio.to_thread.run_sync(self._write_sync, blocks, limiter=self._write_limiter)
+        return written
+
+    # --- reading and hashing -------------------------------------------------------------------
+
+    def _read_range(self, piece: int, begin: int, length: int) -> Iterator[bytes]:
+        """The bytes of a piece range in slices; a short file ends the iteration early."""
+        read_size = self._config.hash_read_size
+        for span in self._geometry.block_spans(piece, begin, length):
+            if span.pad:
+                left = span.length
+                while left:
+                    take = min(left, read_size)
+                    yield bytes(take)
+                    left -= take
+                continue
+            fd = self._handles.acquire(span.file_index)
+            try:
+                position, end = span.file_offset, span.file_offset + span.length
+                while position < end:
+                    try:
+                        data = self._pread(fd, min(read_size, end - position), position)
+                    except OSError as err:
+                        raise _map_error(err, "read", self._display[span.file_index], creating=False) from None
+                    if not data:
+                        return
+                    yield data
+                    position += len(data)
+            finally:
+                self._handles.release(span.file_index)
+
+    def _hash_sync(self, piece: int, expected: bytes, per_block: bool) -> tuple[bool, tuple[bytes, ...]]:
+        size = self._geometry.piece_size(piece)
+        block_size = self._geometry.block_size
+        digest = hashlib.sha1()
+        digests: list[bytes] = []
+        block = hashlib.sha1()
+        block_left = min(block_size, size)
+        seen = 0
+        for data in self._read_range(piece, 0, size):
+            digest.update(data)
+            seen += len(data)
+            view = memoryview(data)
+            while per_block and view.nbytes:
+                take = min(block_left, view.nbytes)
+                block.update(view[:take])
+                view = view[take:]
+                block_left -= take
+                if not block_left:
+                    digests.append(block.digest())
+                    block = hashlib.sha1()
+                    block_left = min(block_size, size - block_size * len(digests))
+        complete = seen == size
+        return complete and digest.digest() == expected, tuple(digests) if complete else ()
+
+    async def hash_piece(self, piece: int, expected_sha1: bytes) -> bool:
+        """Read the piece back from disk and compare its SHA-1 (pad bytes hashed as zeros)."""
+        ok, _ = await trio.to_thread.run_sync(self._hash_sync, piece, expected_sha1, False, limiter=self._hash_limiter)
+        return ok
+
+    async def hash_piece_blocks(self, piece: int, expected_sha1: bytes) -> tuple[bool, tuple[bytes, ...]]:
+        """Like `hash_piece`, also returning the SHA-1 of each block (empty if the piece is not all
+        on disk), which the scheduler keeps to find the liar behind a failed piece."""
+        return await trio.to_thread.run_sync(self._hash_sync, piece, expected_sha1, True, limiter=self._hash_limiter)
+
+    def _read_sync(self, piece: int, begin: int, length: int) -> bytes:
+        data = b"".join(self._read_range(piece, begin, length))
+        if len(data) != length:
+            raise StorageError(f"piece {piece} is not all on disk: the file is shorter than the torrent says")
+        return data
+
+    async def read_block(self, piece: int, begin: int, length: int) -> bytes:
+        """The bytes of a block as on disk (for uploading), pad bytes as zeros."""
+        return await trio.to_thread.run_sync(self._read_sync, piece, begin, length, limiter=self._hash_limiter)
+
+    # --- whole files ---------------------------------------------------------------------------
+
+    def _prepare_sync(self, wanted: Iterable[int] | None) -> None:
+        indexes = range(len(self._files)) if wanted is None else wanted
+        for index in indexes:
+            f = self._files[index]
+            if f.length == 0 and not f.pad:
+                # Zero-length files are in no piece: create them now, and do not keep them open.
+                os.close(self._open_file(index))
+
+    async def prepare(self, wanted: Iterable[int] | None = None) -> None:
+        """Create the zero-length files (of `wanted` file indexes, default all); never pad files.
+
+        Other files are created on their first write.
+        """
+        await trio.to_thread.run_sync(self._prepare_sync, wanted, limiter=self._write_limiter)
+
+    def _sync_sync(self) -> None:
+        for fd in self._handles.open_now():
+            try:
+                os.fsync(fd)
+            except OSError as err:
+                raise _map_error(err, "flush files under", self._root, creating=False) from None
+
+    async def sync(self) -> None:
+        """fsync every open file (before recording pieces as verified in a resume state)."""
+        await trio.to_thread.run_sync(self._sync_sync, limiter=self._write_limiter)
+
+    def close(self) -> None:
+        """Close every cached descriptor (those in use by a thread close when it is done)."""
+        self._handles.close()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- loops for the session -----------------------------------------------------------------
+
+    async def writer_loop(
+        self,
+        receive_blocks: trio.MemoryReceiveChannel[Sequence[Block]],
+        send_written: Callable[[list[Written]], Awaitable[None]],
+    ) -> None:
+        """Write every batch of blocks received, answering `send_written(written)` per hop.
+
+        After each awaited receive it takes everything already queued (up to
+        `config.write_batch_max_bytes`) into one hop, so a writer that falls behind coalesces
+        more. Up to `config.disk_threads` hops run at once. Returns when the channel is closed
+        and drained; the first StorageError stops the loop and is raised.
+        """
+        max_bytes = self._config.write_batch_max_bytes
+        slots = trio.Semaphore(self._config.disk_threads)
+        failures: list[StorageError] = []
+
+        async def write(batch: list[Block], cancel_scope: trio.CancelScope) -> None:
+            try:
+                written = await self.write_blocks(batch)
+            except StorageError as err:
+                failures.append(err)
+                cancel_scope.cancel()
+                return
+            finally:
+                slots.release()
+            await send_written(written)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                await slots.acquire()
+                try:
+                    first = await receive_blocks.receive()
+                except trio.EndOfChannel:
+                    slots.release()
+                    break
+                batch = list(first)
+                size = sum(_nbytes(data) for _, _, data in batch)
+                while size < max_bytes:
+                    try:
+                        more = receive_blocks.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.extend(more)
+                    size += sum(_nbytes(data) for _, _, data in more)
+                nursery.start_soon(write, batch, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
+
+    async def hasher_loop(
+        self,
+        receive_pieces: trio.MemoryReceiveChannel[tuple[int, bytes]],
+        send_hashed: Callable[[int, bool, tuple[bytes, ...]], Awaitable[None]],
+    ) -> None:
+        """Hash every `(piece, expected_sha1)` received; answer `send_hashed(piece, ok, block_digests)`.
+
+        Up to `config.hash_threads` pieces at once. Returns when the channel is closed and
+        drained; the first StorageError stops the loop and is raised.
+        """
+        slots = trio.Semaphore(self._config.hash_threads)
+        failures: list[StorageError] = []
+
+        async def check(piece: int, expected: bytes, cancel_scope: trio.CancelScope) -> None:
+            try:
+                ok, digests = await self.hash_piece_blocks(piece, expected)
+            except StorageError as err:
+                failures.append(err)
+                cancel_scope.cancel()
+                return
+            finally:
+                slots.release()
+            await send_hashed(piece, ok, digests)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                await slots.acquire()
+                try:
+                    piece, expected = await receive_pieces.receive()
+                except trio.EndOfChannel:
+                    slots.release()
+                    break
+                nursery.start_soon(check, piece, expected, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
