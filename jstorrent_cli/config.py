@@ -92,6 +92,15 @@ class Config:
     partial_pieces_bytes: int = 32 * MiB
     # A peer that contributed to this many failed pieces (not alone) is banned.
     hash_fail_ban_threshold: int = 3
+    # Request deadline before a peer has any measured request-to-block time (then the adaptive one).
+    request_timeout_initial: float = 10.0
+    # Smoothing gains of the request-to-block mean and deviation (RFC 6298's 1/8 and 1/4).
+    request_time_gain: float = 0.125
+    request_dev_gain: float = 0.25
+    # A peer's download rate is measured over windows of this length (short: limits follow quickly).
+    peer_rate_window: float = 1.0
+    # After a REJECT or a timeout, that peer is not asked for that piece again for this long.
+    piece_retry_delay: float = 10.0
 
     # --- choker (core/choker.py) ---------------------------------------------------------------
     # Upload slots: 3 by rate + 1 optimistic (BEP 3 practice).

@@ -25,13 +25,10 @@ ReceivedBlock: TypeAlias = tuple[int, int, BlockData]
 # (piece, begin, length): one block named on the wire (REQUEST / CANCEL) or one block written to disk.
 BlockRef: TypeAlias = tuple[int, int, int]
 
-_frozen = dataclasses.dataclass(frozen=True, slots=True)
-
-
 # --- facts ---------------------------------------------------------------------------------------
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class PeerJoined:
     """A handshake completed and the peer said what it has (BEP 3 bitfield or BEP 6 have-all/none).
 
@@ -49,7 +46,7 @@ class PeerJoined:
     fast: bool = False
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Have:
     """The peer announced a piece (HAVE)."""
 
@@ -57,35 +54,35 @@ class Have:
     piece: int
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Choked:
     """The peer chokes us (peer_choking became true)."""
 
     peer: PeerId
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Unchoked:
     """The peer unchoked us (peer_choking became false)."""
 
     peer: PeerId
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class PeerInterested:
     """The peer is interested in what we have (peer_interested became true)."""
 
     peer: PeerId
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class PeerNotInterested:
     """The peer is no longer interested (peer_interested became false)."""
 
     peer: PeerId
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class BlocksReceived:
     """One or more PIECE messages arrived from one peer (a reader may batch several into one fact)."""
 
@@ -93,7 +90,7 @@ class BlocksReceived:
     blocks: tuple[ReceivedBlock, ...]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class RequestRejected:
     """The peer rejected one of our requests (BEP 6 REJECT_REQUEST)."""
 
@@ -103,7 +100,7 @@ class RequestRejected:
     length: int
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class AllowedFast:
     """The peer lets us request this piece even while it chokes us (BEP 6 ALLOWED_FAST)."""
 
@@ -111,21 +108,21 @@ class AllowedFast:
     piece: int
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class PeerGone:
     """The connection ended, for whatever reason (the peer task reports this in its `finally`)."""
 
     peer: PeerId
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class BlocksWritten:
     """The writer put these blocks in their place in the files: their memory is free again."""
 
     blocks: tuple[BlockRef, ...]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class PieceHashed:
     """The hasher read a piece back from disk and compared its SHA-1.
 
@@ -139,7 +136,7 @@ class PieceHashed:
     block_digests: tuple[bytes, ...] | None = None
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: the scheduler checks request deadlines, snubbing and rates."""
 
@@ -164,7 +161,7 @@ Fact: TypeAlias = (
 # --- commands ------------------------------------------------------------------------------------
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendRequests:
     """Send these REQUEST messages to the peer, in order."""
 
@@ -172,7 +169,7 @@ class SendRequests:
     requests: tuple[BlockRef, ...]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendCancels:
     """Send these CANCEL messages to the peer (the block came from elsewhere or timed out)."""
 
@@ -180,21 +177,21 @@ class SendCancels:
     cancels: tuple[BlockRef, ...]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendInterested:
     """Tell the peer we are interested (am_interested becomes true)."""
 
     peer: PeerId
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendNotInterested:
     """Tell the peer we are not interested (am_interested becomes false)."""
 
     peer: PeerId
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendHave:
     """Announce a verified piece: to every connected peer when `peer` is None, else to that one."""
 
@@ -202,21 +199,21 @@ class SendHave:
     peer: PeerId | None = None
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class WriteBlocks:
     """Write these blocks to their place in the files; answer with BlocksWritten for each."""
 
     blocks: tuple[ReceivedBlock, ...]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class HashPiece:
     """Every block of the piece is on disk: read it back, hash it, answer with PieceHashed."""
 
     piece: int
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class DropPeer:
     """Close this connection (a PeerGone for it afterwards is expected and harmless)."""
 
@@ -224,7 +221,7 @@ class DropPeer:
     reason: str
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class BanPeer:
     """Never talk to this IP address again in this session (any port)."""
 
@@ -232,7 +229,7 @@ class BanPeer:
     reason: str
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Finished:
     """Every wanted piece is verified. Emitted once."""
 

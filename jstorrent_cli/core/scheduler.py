@@ -1,0 +1,911 @@
+"""The download scheduler: who is asked for which block, and when. Sans-IO, time is an argument.
+
+Theory of operation
+-------------------
+The scheduler is a state machine fed one fact at a time: ``commands = scheduler.handle(fact, now)``.
+Facts say what happened (a peer joined, choked us, sent blocks; the writer wrote; the hasher hashed;
+time passed); commands say what to do (send requests or cancels, write blocks, hash a piece, drop or
+ban a peer, announce a piece). The caller routes commands without waiting; nothing here blocks.
+
+State, and who owns it:
+
+* core/picker.py keeps per-block states FREE -> REQUESTED -> RECEIVED -> WRITTEN for started pieces,
+  availability, and the piece order (own partial pieces first, then ownerless partial ones, then new
+  pieces rarest first while the start cap allows, then other peers' partial pieces, then one new piece
+  past the cap rather than leave a peer idle).
+* This module keeps, per peer, every outstanding request as ``(piece, block) -> time sent``, the
+  peer's request limit, its measured rate and request-to-block time, and whether it chokes us.
+
+Every request exists in two places at once (the peer's ``outstanding`` and the block's holders); they
+are changed together, so a block is never REQUESTED without an owner (invariant 3). A request ends in
+exactly one of: the block arrives; the peer chokes us (unless the piece is allowed-fast); the peer
+rejects it; the peer leaves; its deadline passes; the peer is snubbed or its limit halved (we cancel
+the newest requests over the limit); another holder delivered the block first (we cancel). When the last
+holder lets go, the block is FREE again and any hungry peer is offered it before `handle` returns.
+
+Memory is bounded by one budget: bytes requested-and-not-received plus bytes received-and-not-written
+never exceed ``Config.max_unflushed_bytes`` (invariant 2). Received blocks are handed to the writer at
+once (WriteBlocks) and their bytes leave the budget when BlocksWritten comes back, whether or not their
+piece is complete, so the budget always drains and no piece state can deadlock it. A piece whose
+blocks are all written is hashed (HashPiece); a bad hash makes its blocks FREE again and counts against
+its contributors (a sole contributor is banned by IP; several accumulate suspicion; per-block digests of
+the failed attempt name the liar once the piece passes).
+
+Per-peer limit: slow start from ``peer_limit_initial``, +1 per block; once the measured rate says the
+queue holds ``peer_queue_seconds`` of data, the limit follows ``rate x peer_queue_seconds / block``
+(still at most +1 per block), clamped to ``[peer_limit_min, min(peer_limit_max, reqq)]``. A choke or a
+timeout halves it; a peer with requests out and no block for ``snub_timeout`` is snubbed (limit 1).
+A rate drop never cancels requests: the limit just stays at the outstanding count until it drains.
+
+Endgame is derived: when no FREE block is left in any wanted piece, a peer with spare slots duplicates
+the oldest outstanding requests (fully requested pieces included) up to ``endgame_max_dups`` holders per
+block. The first copy to arrive is kept, the other holders get CANCEL, and late copies are dropped and
+counted as wasted (invariant 5: a block is written at most once per attempt of its piece).
+
+Requests go out at the end of `handle`, for every peer whose situation changed ("dirty") and, when
+blocks were freed, the budget drained or endgame began, for every "hungry" peer (spare slots and
+nothing to ask at its last refill). That is what makes liveness rule 6 hold after every single fact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Sequence
+
+from jstorrent_cli.config import Config
+from jstorrent_cli.core.messages import (
+    AllowedFast,
+    BanPeer,
+    BlockRef,
+    BlocksReceived,
+    BlocksWritten,
+    Choked,
+    Command,
+    DropPeer,
+    Fact,
+    Finished,
+    HashPiece,
+    Have,
+    PeerGone,
+    PeerId,
+    PeerInterested,
+    PeerJoined,
+    PeerNotInterested,
+    PieceHashed,
+    ReceivedBlock,
+    RequestRejected,
+    SendCancels,
+    SendHave,
+    SendInterested,
+    SendNotInterested,
+    SendRequests,
+    Tick,
+    Unchoked,
+    WriteBlocks,
+)
+from jstorrent_cli.core.picker import (
+    FREE,
+    RECEIVED,
+    REQUESTED,
+    ActivePiece,
+    PeerPieces,
+    Picker,
+    PieceState,
+    _is_barred,
+    parse_bitfield,
+)
+
+# Why a peer has no request out although it could take more (shown to the user, read by diagnose.py).
+IDLE_CHOKED = "choked"
+IDLE_NOTHING_WANTED = "has nothing we want"
+IDLE_BUDGET = "waiting for budget (writer behind)"
+IDLE_ALL_REQUESTED = "everything it has is requested from others"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerSnapshot:
+    peer: PeerId
+    ip: str
+    outstanding: int  # requests out now
+    limit: int  # current request limit
+    rate: float  # bytes/s received, last measurement window
+    peer_choking: bool
+    am_interested: bool
+    peer_interested: bool
+    snubbed: bool
+    slow_start: bool
+    request_timeout: float  # current adaptive deadline (s)
+    oldest_request_age: float | None  # s since the oldest outstanding request was sent
+    idle_reason: str | None  # None when it has requests out or its limit is reached
+    bytes_received: int
+    wasted_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulerSnapshot:
+    peers: tuple[PeerSnapshot, ...]
+    bytes_in_flight: int  # requested, not received (each block once, however many holders)
+    bytes_waiting_for_disk: int  # received, not written
+    budget: int  # Config.max_unflushed_bytes
+    pieces_missing: int  # wanted, not started
+    pieces_partial: int
+    pieces_fully_requested: int
+    pieces_awaiting_hash: int
+    pieces_verified: int  # wanted and verified
+    pieces_wanted: int
+    free_blocks: int  # FREE blocks left in wanted pieces
+    endgame: bool
+    wasted_bytes: int  # received and thrown away (late duplicates, unrequested, failed hashes)
+    hash_failures: int
+    banned_ips: frozenset[str]
+    done_bytes: int  # verified bytes of wanted pieces
+    total_bytes: int  # bytes of wanted pieces
+    finished: bool
+
+    @property
+    def budget_used(self) -> int:
+        return self.bytes_in_flight + self.bytes_waiting_for_disk
+
+
+class _Peer:
+    __slots__ = (
+        "allowed_fast",
+        "am_interested",
+        "bars",
+        "bytes_received",
+        "fast",
+        "id",
+        "idle_reason",
+        "ip",
+        "last_progress",
+        "limit",
+        "limit_cap",
+        "outstanding",
+        "own",
+        "peer_choking",
+        "peer_interested",
+        "pieces",
+        "rate",
+        "rtt_dev",
+        "rtt_mean",
+        "slow_start",
+        "snubbed",
+        "wasted_bytes",
+        "win_bytes",
+        "win_start",
+    )
+
+    def __init__(self, peer: PeerId, ip: str, pieces: PeerPieces, cap: int, fast: bool, config: Config,
+                 now: float) -> None:
+        self.id = peer
+        self.ip = ip
+        self.pieces = pieces
+        self.fast = fast
+        self.peer_choking = True
+        self.peer_interested = False
+        self.am_interested = False
+        self.outstanding: dict[tuple[int, int], float] = {}  # (piece, block) -> time sent, oldest first
+        self.allowed_fast: set[int] = set()
+        self.own: dict[int, None] = {}  # pieces this peer started (whole-piece affinity)
+        self.bars: dict[int, float] = {}  # piece -> time until which we do not ask this peer for it
+        self.limit_cap = cap
+        self.limit = max(min(config.peer_limit_initial, cap), 1)
+        self.slow_start = True
+        self.snubbed = False
+        self.rate = 0.0
+        self.win_start = now
+        self.win_bytes = 0
+        self.rtt_mean: float | None = None
+        self.rtt_dev = 0.0
+        self.last_progress = now
+        self.idle_reason: str | None = IDLE_CHOKED
+        self.bytes_received = 0
+        self.wasted_bytes = 0
+
+
+class Scheduler:
+    """All request state of one torrent. See the module docstring for the theory of operation."""
+
+    def __init__(
+        self,
+        num_pieces: int,
+        piece_length: int,
+        total_length: int,
+        config: Config,
+        rng: random.Random,
+        wanted: Sequence[bool] | None = None,
+        have: Sequence[bool] | None = None,
+        *,
+        sequential: bool = False,
+    ) -> None:
+        self.config = config
+        self.picker = Picker(num_pieces, piece_length, total_length, config.block_size, rng,
+                             wanted=wanted, have=have, sequential=sequential)
+        self._bs = config.block_size
+        self._budget = config.max_unflushed_bytes
+        self._peers: dict[PeerId, _Peer] = {}
+        self._in_flight = 0
+        self._waiting = 0
+        self._wasted = 0
+        self._hash_failures = 0
+        self._banned: set[str] = set()
+        self._suspicion: dict[str, int] = {}
+        # piece -> per failed attempt, per block: (ip, digest) of what was delivered
+        self._failed_digests: dict[int, list[list[tuple[str, bytes]]]] = {}
+        self._finished_sent = False
+        self._hungry: dict[PeerId, None] = {}
+        self._bar_expiries: list[float] = []  # heap: when a bar ends, hungry peers are offered work again
+        # per-handle scratch
+        self._now = 0.0
+        self._dirty: dict[PeerId, None] = {}
+        self._wake = False
+        self._requests: dict[PeerId, list[BlockRef]] = {}
+        self._cancels: dict[PeerId, list[BlockRef]] = {}
+        self._out: list[Command] = []
+        self._tail: list[Command] = []
+
+    # --- public ----------------------------------------------------------------------------------
+
+    def handle(self, fact: Fact, now: float) -> list[Command]:
+        """Apply one fact at time `now`; return the commands it calls for, in the order to route them."""
+        self._now = now
+        expiries = self._bar_expiries
+        while expiries and expiries[0] <= now:
+            heapq.heappop(expiries)
+            self._wake = True
+        out: list[Command] = []
+        self._out = out
+        match fact:
+            case BlocksReceived():
+                self._on_blocks(fact)
+            case BlocksWritten():
+                self._on_written(fact)
+            case Tick():
+                self._on_tick()
+            case Have():
+                self._on_have(fact)
+            case PeerJoined():
+                self._on_join(fact)
+            case Choked():
+                self._on_choke(fact.peer)
+            case Unchoked():
+                peer = self._peers.get(fact.peer)
+                if peer is not None:
+                    peer.peer_choking = False
+                    peer.bars.clear()
+                    self._dirty[peer.id] = None
+            case PeerInterested() | PeerNotInterested():
+                peer = self._peers.get(fact.peer)
+                if peer is not None:
+                    peer.peer_interested = isinstance(fact, PeerInterested)
+            case RequestRejected():
+                self._on_reject(fact)
+            case AllowedFast():
+                peer = self._peers.get(fact.peer)
+                if peer is not None and 0 <= fact.piece < self.picker.num_pieces:
+                    peer.allowed_fast.add(fact.piece)
+                    self._dirty[peer.id] = None
+            case PeerGone():
+                peer = self._peers.get(fact.peer)
+                if peer is not None:
+                    self._remove_peer(peer)
+            case PieceHashed():
+                self._on_hashed(fact)
+        self._flush()
+        return out
+
+    def snapshot(self) -> SchedulerSnapshot:
+        """A frozen picture of everything the display and the stall report need."""
+        now = self._now
+        picker = self.picker
+        peers = tuple(
+            PeerSnapshot(
+                peer=p.id, ip=p.ip, outstanding=len(p.outstanding), limit=p.limit, rate=p.rate,
+                peer_choking=p.peer_choking, am_interested=p.am_interested,
+                peer_interested=p.peer_interested, snubbed=p.snubbed, slow_start=p.slow_start,
+                request_timeout=self._deadline(p),
+                oldest_request_age=(now - next(iter(p.outstanding.values()))) if p.outstanding else None,
+                idle_reason=self._idle_reason(p),
+                bytes_received=p.bytes_received, wasted_bytes=p.wasted_bytes,
+            )
+            for p in self._peers.values()
+        )
+        fully = sum(1 for ap in picker.active.values() if ap.n_free == 0 and ap.n_written < ap.nblocks)
+        partial = len(picker.partial)
+        wanted_count = sum(picker.wanted)
+        verified = wanted_count - picker.needed_count
+        return SchedulerSnapshot(
+            peers=peers,
+            bytes_in_flight=self._in_flight,
+            bytes_waiting_for_disk=self._waiting,
+            budget=self._budget,
+            pieces_missing=picker.unstarted_count,
+            pieces_partial=partial,
+            pieces_fully_requested=fully,
+            pieces_awaiting_hash=picker.awaiting_hash,
+            pieces_verified=verified,
+            pieces_wanted=wanted_count,
+            free_blocks=picker.free_blocks,
+            endgame=self.endgame,
+            wasted_bytes=self._wasted,
+            hash_failures=self._hash_failures,
+            banned_ips=frozenset(self._banned),
+            done_bytes=picker.verified_wanted_bytes,
+            total_bytes=picker.wanted_bytes,
+            finished=picker.needed_count == 0,
+        )
+
+    def _idle_reason(self, peer: _Peer) -> str | None:
+        if peer.outstanding or len(peer.outstanding) >= peer.limit:
+            return None
+        if self.picker.needed_of(peer.pieces) == 0:
+            return IDLE_NOTHING_WANTED
+        if peer.peer_choking:
+            return IDLE_CHOKED
+        return peer.idle_reason
+
+    @property
+    def endgame(self) -> bool:
+        """True while no FREE block is left in any wanted piece (and something is still missing)."""
+        picker = self.picker
+        return picker.free_blocks == 0 and picker.needed_count > 0
+
+    def piece_state(self, piece: int) -> PieceState:
+        return self.picker.state(piece)
+
+    def holders(self, piece: int, begin: int) -> dict[PeerId, float]:
+        """Who holds a request for this block, and since when (empty unless REQUESTED)."""
+        ap = self.picker.active.get(piece)
+        if ap is None:
+            return {}
+        holders = ap.holders[begin // self._bs]
+        return dict(holders) if holders else {}
+
+    def outstanding(self, peer: PeerId) -> dict[BlockRef, float]:
+        """This peer's outstanding requests as (piece, begin, length) -> time sent, oldest first."""
+        p = self._peers.get(peer)
+        if p is None:
+            return {}
+        block_length = self.picker.block_length
+        return {(pc, b * self._bs, block_length(pc, b)): t for (pc, b), t in p.outstanding.items()}
+
+    def is_barred(self, peer: PeerId, piece: int) -> bool:
+        """True while a REJECT or a timeout keeps us from asking this peer for this piece."""
+        p = self._peers.get(peer)
+        if p is None:
+            return False
+        until = p.bars.get(piece)
+        return until is not None and self._now < until
+
+    # --- facts -----------------------------------------------------------------------------------
+
+    def _on_join(self, fact: PeerJoined) -> None:
+        if fact.peer in self._peers:
+            raise ValueError(f"peer id {fact.peer!r} joined twice")
+        if fact.ip in self._banned:
+            self._out.append(DropPeer(fact.peer, "banned IP address"))
+            return
+        picker = self.picker
+        n = picker.num_pieces
+        bitmap: bytearray | None
+        if fact.have_all:
+            bitmap = None
+        elif fact.have_none or not fact.bitfield:
+            bitmap = bytearray(n)
+        else:
+            bitmap = parse_bitfield(fact.bitfield, n)
+            if bitmap is None:
+                self._out.append(DropPeer(fact.peer, "malformed bitfield"))
+                return
+            if bitmap.count(1) == n:
+                bitmap = None
+        config = self.config
+        cap = config.peer_limit_max if fact.reqq is None else min(config.peer_limit_max, max(fact.reqq, 1))
+        view = picker.add_peer(fact.peer, bitmap)
+        peer = _Peer(fact.peer, fact.ip, view, cap, fact.fast, config, self._now)
+        self._peers[fact.peer] = peer
+        self._update_interest(peer)
+
+    def _on_have(self, fact: Have) -> None:
+        peer = self._peers.get(fact.peer)
+        if peer is None:
+            return
+        if not 0 <= fact.piece < self.picker.num_pieces:
+            self._drop(peer, f"HAVE for piece {fact.piece} out of range")
+            return
+        if self.picker.add_have(peer.id, fact.piece):
+            self._update_interest(peer)
+        if self.picker.needed[fact.piece]:
+            self._dirty[peer.id] = None
+
+    def _on_choke(self, peer_id: PeerId) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.peer_choking:
+            return
+        peer.peer_choking = True
+        keep = peer.allowed_fast if peer.fast else set()
+        for key in [k for k in peer.outstanding if k[0] not in keep]:
+            self._release(peer, key)
+        self._halve(peer)
+        self._disown(peer)
+        self._dirty[peer.id] = None
+
+    def _on_reject(self, fact: RequestRejected) -> None:
+        peer = self._peers.get(fact.peer)
+        if peer is None:
+            return
+        key = (fact.piece, fact.begin // self._bs)
+        if fact.begin % self._bs or key not in peer.outstanding:
+            return  # a reject for a request already released (choke, cancel): nothing to undo
+        self._release(peer, key)
+        self._bar(peer, fact.piece)
+        self._dirty[peer.id] = None
+
+    def _on_blocks(self, fact: BlocksReceived) -> None:
+        peer = self._peers.get(fact.peer)
+        if peer is None:
+            return
+        picker = self.picker
+        bs = self._bs
+        now = self._now
+        writes: list[ReceivedBlock] = []
+        outstanding = peer.outstanding
+        active = picker.active
+        for entry in fact.blocks:
+            piece, begin, data = entry
+            length = len(data)
+            peer.bytes_received += length
+            peer.win_bytes += length
+            block, misaligned = divmod(begin, bs)
+            if (misaligned or not 0 <= piece < picker.num_pieces or block < 0
+                    or block >= picker.block_count(piece) or length != picker.block_length(piece, block)):
+                self._drop(peer, f"PIECE message for a block we never ask for ({piece}, {begin}, {length})")
+                break
+            key = (piece, block)
+            sent = outstanding.pop(key, None)
+            ap = active.get(piece)
+            if sent is not None:
+                self._progress(peer, now - sent)
+            if ap is None or ap.states[block] != REQUESTED:
+                # A late copy (endgame, or released and served elsewhere) or data never asked for:
+                # the block is already received or not wanted now, so the data is dropped (invariant 5).
+                self._waste(peer, length)
+                continue
+            holders = picker.receive(ap, block, peer.id, peer.ip)
+            for other in holders:
+                if other != peer.id:
+                    op = self._peers[other]
+                    del op.outstanding[key]
+                    self._cancels.setdefault(other, []).append((piece, begin, length))
+                    self._dirty[other] = None
+            self._in_flight -= length
+            self._waiting += length
+            writes.append(entry)
+        if writes:
+            self._out.append(WriteBlocks(tuple(writes)))
+        if peer.id in self._peers:
+            self._dirty[peer.id] = None
+
+    def _on_written(self, fact: BlocksWritten) -> None:
+        picker = self.picker
+        bs = self._bs
+        for piece, begin, _length in fact.blocks:
+            ap = picker.active.get(piece)
+            block = begin // bs
+            if ap is None or ap.states[block] != RECEIVED:
+                continue
+            self._waiting -= picker.block_length(piece, block)
+            if picker.written(ap, block):
+                self._out.append(HashPiece(piece))
+        self._wake = True
+
+    def _on_hashed(self, fact: PieceHashed) -> None:
+        picker = self.picker
+        piece = fact.piece
+        ap = picker.active.get(piece)
+        if ap is None or ap.n_written != ap.nblocks:
+            return
+        if fact.ok:
+            self._on_verified(piece, fact.block_digests)
+            return
+        self._hash_failures += 1
+        self._wasted += picker.piece_size(piece)
+        contributors = picker.hashed_bad(piece)
+        ips = [c[1] for c in contributors if c is not None]
+        if fact.block_digests is not None and len(fact.block_digests) == len(ips):
+            self._failed_digests.setdefault(piece, []).append(list(zip(ips, fact.block_digests, strict=True)))
+        distinct = set(ips)
+        if len(distinct) == 1:
+            self._ban(distinct.pop(), f"sole contributor of piece {piece}, which failed its hash")
+        else:
+            for ip in sorted(distinct):
+                count = self._suspicion.get(ip, 0) + 1
+                self._suspicion[ip] = count
+                if count >= self.config.hash_fail_ban_threshold:
+                    self._ban(ip, f"contributed to {count} pieces that failed their hash")
+        self._wake = True
+
+    def _on_verified(self, piece: int, digests: tuple[bytes, ...] | None) -> None:
+        picker = self.picker
+        done_peers = picker.hashed_ok(piece)
+        self._out.append(SendHave(piece))
+        failed = self._failed_digests.pop(piece, None)
+        if failed and digests is not None:
+            liars = {ip for attempt in failed for (ip, d), good in zip(attempt, digests, strict=False)
+                     if d != good}
+            for ip in sorted(liars):
+                self._ban(ip, f"sent a corrupt block of piece {piece}")
+        for peer_id in done_peers:
+            peer = self._peers.get(peer_id)
+            if peer is not None:
+                self._update_interest(peer)
+        if picker.needed_count == 0:
+            for peer in self._peers.values():
+                self._update_interest(peer)
+
+    def _on_tick(self) -> None:
+        now = self._now
+        config = self.config
+        self._wake = True  # rates moved, bars may have ended: offer work to hungry peers again
+        for peer in list(self._peers.values()):
+            self._measure(peer)
+            if not peer.outstanding:
+                continue
+            deadline = self._deadline(peer)
+            expired = []
+            for key, sent in peer.outstanding.items():
+                if now - sent < deadline:
+                    break
+                expired.append(key)
+            if expired:
+                for key in expired:
+                    self._release(peer, key)
+                    self._cancel(peer, key)
+                    self._bar(peer, key[0])
+                self._halve(peer)
+                self._dirty[peer.id] = None
+            if (peer.outstanding and not peer.snubbed
+                    and now - peer.last_progress >= config.snub_timeout):
+                peer.snubbed = True
+                peer.slow_start = False
+                peer.limit = 1
+                self._shrink(peer)
+                self._disown(peer)
+                self._dirty[peer.id] = None
+
+    # --- request bookkeeping -----------------------------------------------------------------------
+
+    def _release(self, peer: _Peer, key: tuple[int, int]) -> None:
+        """Forget one of the peer's outstanding requests (no CANCEL is sent here)."""
+        del peer.outstanding[key]
+        piece, block = key
+        ap = self.picker.active[piece]
+        if self.picker.release(ap, block, peer.id):
+            self._in_flight -= self.picker.block_length(piece, block)
+            self._wake = True
+
+    def _bar(self, peer: _Peer, piece: int) -> None:
+        until = self._now + self.config.piece_retry_delay
+        peer.bars[piece] = until
+        heapq.heappush(self._bar_expiries, until)
+
+    def _cancel(self, peer: _Peer, key: tuple[int, int]) -> None:
+        piece, block = key
+        self._cancels.setdefault(peer.id, []).append(
+            (piece, block * self._bs, self.picker.block_length(piece, block)))
+
+    def _shrink(self, peer: _Peer) -> None:
+        """Cancel the newest requests over the peer's limit (invariant 1 after a cut)."""
+        while len(peer.outstanding) > peer.limit:
+            key = next(reversed(peer.outstanding))
+            self._release(peer, key)
+            self._cancel(peer, key)
+
+    def _halve(self, peer: _Peer) -> None:
+        config = self.config
+        peer.slow_start = False
+        if not peer.snubbed:
+            peer.limit = max(min(config.peer_limit_min, peer.limit_cap), peer.limit // 2)
+        self._shrink(peer)
+
+    def _disown(self, peer: _Peer) -> None:
+        """The peer cannot progress its pieces now: others may take them first."""
+        active = self.picker.active
+        for piece in peer.own:
+            ap = active.get(piece)
+            if ap is not None and ap.owner == peer.id:
+                self.picker.set_owner(ap, None)
+        peer.own.clear()
+
+    def _progress(self, peer: _Peer, sample: float) -> None:
+        """A requested block arrived after `sample` seconds: adapt deadline and limit."""
+        config = self.config
+        peer.last_progress = self._now
+        mean = peer.rtt_mean
+        if mean is None:
+            peer.rtt_mean = sample
+            peer.rtt_dev = sample / 2
+        else:
+            peer.rtt_dev += config.request_dev_gain * (abs(sample - mean) - peer.rtt_dev)
+            peer.rtt_mean = mean + config.request_time_gain * (sample - mean)
+        if peer.snubbed:
+            peer.snubbed = False
+            peer.limit = min(config.peer_limit_min, peer.limit_cap)
+            return
+        self._measure(peer)
+        cap = peer.limit_cap
+        if peer.slow_start:
+            peer.limit = min(peer.limit + 1, cap)
+            if peer.rate > 0 and self._target(peer) <= peer.limit:
+                peer.slow_start = False
+        else:
+            target = self._target(peer)
+            grown = min(peer.limit + 1, target)
+            # A lower target never cancels: the limit waits at the outstanding count while it drains.
+            peer.limit = max(grown, len(peer.outstanding), 1)
+
+    def _measure(self, peer: _Peer) -> None:
+        elapsed = self._now - peer.win_start
+        if elapsed >= self.config.peer_rate_window:
+            peer.rate = peer.win_bytes / elapsed
+            peer.win_start = self._now
+            peer.win_bytes = 0
+
+    def _target(self, peer: _Peer) -> int:
+        config = self.config
+        target = int(peer.rate * config.peer_queue_seconds / self._bs)
+        return max(min(config.peer_limit_min, peer.limit_cap), min(target, peer.limit_cap))
+
+    def _deadline(self, peer: _Peer) -> float:
+        config = self.config
+        if peer.rtt_mean is None:
+            return config.request_timeout_initial
+        value = peer.rtt_mean + config.request_timeout_k * peer.rtt_dev
+        return min(max(value, config.request_timeout_min), config.request_timeout_max)
+
+    def _waste(self, peer: _Peer, length: int) -> None:
+        peer.wasted_bytes += length
+        self._wasted += length
+
+    # --- peers ---------------------------------------------------------------------------------------
+
+    def _update_interest(self, peer: _Peer) -> None:
+        wants = self.picker.needed_of(peer.pieces) > 0
+        if wants and not peer.am_interested:
+            peer.am_interested = True
+            self._out.append(SendInterested(peer.id))
+            self._dirty[peer.id] = None
+        elif not wants and peer.am_interested:
+            peer.am_interested = False
+            self._out.append(SendNotInterested(peer.id))
+
+    def _remove_peer(self, peer: _Peer) -> None:
+        for key in list(peer.outstanding):
+            self._release(peer, key)
+        self._disown(peer)
+        self.picker.remove_peer(peer.id)
+        del self._peers[peer.id]
+        self._hungry.pop(peer.id, None)
+        self._dirty.pop(peer.id, None)
+        self._requests.pop(peer.id, None)
+        self._cancels.pop(peer.id, None)
+
+    def _drop(self, peer: _Peer, reason: str) -> None:
+        if peer.id not in self._peers:
+            return
+        self._remove_peer(peer)
+        self._tail.append(DropPeer(peer.id, reason))
+
+    def _ban(self, ip: str, reason: str) -> None:
+        if ip in self._banned:
+            return
+        self._banned.add(ip)
+        self._tail.append(BanPeer(ip, reason))
+        for peer in [p for p in self._peers.values() if p.ip == ip]:
+            self._drop(peer, f"banned: {reason}")
+
+    # --- making requests -------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Refill dirty (and, when something was freed, hungry) peers; emit batched commands."""
+        for _round in range(2):
+            if self._wake:
+                self._wake = False
+                for peer_id in self._hungry:
+                    self._dirty[peer_id] = None
+            if not self._dirty:
+                break
+            dirty = self._dirty
+            self._dirty = {}
+            for peer_id in dirty:
+                peer = self._peers.get(peer_id)
+                if peer is not None:
+                    self._refill(peer)
+        out = self._out
+        for peer_id, cancels in self._cancels.items():
+            out.append(SendCancels(peer_id, tuple(cancels)))
+        for peer_id, requests in self._requests.items():
+            out.append(SendRequests(peer_id, tuple(requests)))
+        out.extend(self._tail)
+        self._cancels = {}
+        self._requests = {}
+        self._tail = []
+        self._dirty = {}
+        self._wake = False
+        if self.picker.needed_count == 0 and not self._finished_sent:
+            self._finished_sent = True
+            out.append(Finished())
+
+    def _refill(self, peer: _Peer) -> None:
+        spare = peer.limit - len(peer.outstanding)
+        if spare <= 0:
+            self._hungry.pop(peer.id, None)
+            return
+        picker = self.picker
+        view = peer.pieces
+        if picker.needed_of(view) == 0:
+            peer.idle_reason = IDLE_NOTHING_WANTED
+            self._hungry.pop(peer.id, None)
+            return
+        if peer.peer_choking:
+            if peer.fast and peer.allowed_fast:
+                spare = self._refill_allowed_fast(peer, spare)
+            peer.idle_reason = IDLE_CHOKED
+            self._hungry.pop(peer.id, None)
+            return
+        start = spare
+        now = self._now
+        bars = peer.bars
+        active = picker.active
+        # 1. its own partial pieces (whole-piece affinity)
+        if peer.own:
+            for piece in list(peer.own):
+                ap = active.get(piece)
+                if ap is None or ap.owner != peer.id:
+                    del peer.own[piece]
+                    continue
+                if ap.n_free and not _is_barred(bars, piece, now):
+                    spare = self._take(peer, ap, spare)
+                    if spare <= 0 or self._budget_full():
+                        break
+        # 2. partial pieces nobody owns
+        if spare > 0 and picker.orphans:
+            for piece in list(picker.orphans):
+                if piece not in picker.orphans or not view.has(piece) or _is_barred(bars, piece, now):
+                    continue
+                ap = active[piece]
+                if not peer.snubbed:
+                    picker.set_owner(ap, peer.id)
+                    peer.own[piece] = None
+                spare = self._take(peer, ap, spare)
+                if spare <= 0 or self._budget_full():
+                    break
+        # 3. new pieces, rarest first, while the start cap allows
+        if not peer.snubbed:
+            cap = self._start_cap()
+            while spare > 0 and len(picker.partial) < cap and not self._budget_full():
+                fresh = picker.new_piece(view, bars, now)
+                if fresh is None:
+                    break
+                ap = picker.start(fresh, peer.id)
+                peer.own[fresh] = None
+                spare = self._take(peer, ap, spare)
+        # 4. other peers' partial pieces
+        if spare > 0 and picker.partial:
+            for piece in list(picker.partial):
+                ap2 = active.get(piece)
+                if ap2 is None or not ap2.n_free or not view.has(piece) or _is_barred(bars, piece, now):
+                    continue
+                spare = self._take(peer, ap2, spare)
+                if spare <= 0 or self._budget_full():
+                    break
+        # 5. one new piece past the cap rather than leave the peer idle
+        if spare == start and not self._budget_full():
+            fresh = picker.new_piece(view, bars, now)
+            if fresh is not None:
+                owner = None if peer.snubbed else peer.id
+                ap = picker.start(fresh, owner)
+                if owner is not None:
+                    peer.own[fresh] = None
+                spare = self._take(peer, ap, spare)
+        # 6. endgame: duplicate the oldest outstanding requests
+        if spare > 0 and picker.free_blocks == 0:
+            spare = self._endgame(peer, spare)
+        if spare > 0:
+            self._hungry[peer.id] = None
+            if not peer.outstanding:
+                peer.idle_reason = IDLE_BUDGET if self._budget_full() else IDLE_ALL_REQUESTED
+        else:
+            self._hungry.pop(peer.id, None)
+
+    def _refill_allowed_fast(self, peer: _Peer, spare: int) -> int:
+        picker = self.picker
+        for piece in sorted(peer.allowed_fast):
+            if spare <= 0 or self._budget_full():
+                break
+            if not picker.needed[piece] or not peer.pieces.has(piece) or _is_barred(peer.bars, piece, self._now):
+                continue
+            ap = picker.active.get(piece)
+            if ap is None:
+                if not picker.unstarted[piece]:
+                    continue
+                ap = picker.start(piece, None)
+            if ap.n_free:
+                spare = self._take(peer, ap, spare)
+        return spare
+
+    def _budget_full(self) -> bool:
+        """No room for one more block (a full-size one; the last piece's short block is not special)."""
+        return self._in_flight + self._waiting + self._bs > self._budget
+
+    def _start_cap(self) -> int:
+        config = self.config
+        by_peers = int(config.partial_pieces_per_peer * len(self._peers))
+        by_bytes = config.partial_pieces_bytes // self.picker.piece_length
+        return max(by_peers, by_bytes, 1)
+
+    def _take(self, peer: _Peer, ap: ActivePiece, spare: int) -> int:
+        """Request FREE blocks of `ap` from `peer` while it has spare slots and the budget has room."""
+        picker = self.picker
+        piece = ap.index
+        bs = self._bs
+        budget = self._budget
+        now = self._now
+        outstanding = peer.outstanding
+        reqs = self._requests.get(peer.id)
+        if reqs is None:
+            reqs = self._requests[peer.id] = []
+        if not outstanding:
+            peer.last_progress = now
+        while spare > 0 and ap.n_free:
+            block = picker.next_free(ap)
+            length = picker.block_length(piece, block)
+            if self._in_flight + self._waiting + length > budget:
+                break
+            picker.request(ap, block, peer.id, now)
+            outstanding[(piece, block)] = now
+            self._in_flight += length
+            reqs.append((piece, block * bs, length))
+            spare -= 1
+        if picker.free_blocks == 0:
+            self._wake = True  # endgame began: hungry peers may now duplicate
+        return spare
+
+    def _endgame(self, peer: _Peer, spare: int) -> int:
+        picker = self.picker
+        view = peer.pieces
+        max_dups = self.config.endgame_max_dups
+        now = self._now
+        bars = peer.bars
+        reqs = self._requests.get(peer.id)
+        if reqs is None:
+            reqs = self._requests[peer.id] = []
+        if not peer.outstanding:
+            peer.last_progress = now
+        active = picker.active
+        for piece, block in picker.requested_order:
+            if not view.has(piece) or _is_barred(bars, piece, now):
+                continue
+            ap = active[piece]
+            holders = ap.holders[block]
+            assert holders is not None
+            if peer.id in holders or len(holders) >= max_dups:
+                continue
+            picker.request(ap, block, peer.id, now)
+            peer.outstanding[(piece, block)] = now
+            reqs.append((piece, block * self._bs, picker.block_length(piece, block)))
+            spare -= 1
+            if spare <= 0:
+                break
+        return spare
+
+
+__all__ = [
+    "FREE",
+    "REQUESTED",
+    "PeerSnapshot",
+    "Scheduler",
+    "SchedulerSnapshot",
+]
