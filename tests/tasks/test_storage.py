@@ -1,0 +1,527 @@
+"""The write path on a real temporary folder: bytes land exactly, pieces hash, errors are named."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jstorrent_cli.config import BLOCK_SIZE, DEFAULT_CONFIG, Config
+from jstorrent_cli.core.geometry import Geometry
+from jstorrent_cli.errors import (
+    DiskFullError,
+    ExitStatus,
+    FileCreateError,
+    FileOpenError,
+    StorageError,
+    UsageError,
+)
+from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written
+
+DEADLINE = 10
+
+
+@dataclasses.dataclass
+class Torrent:
+    files: list[StorageFile]
+    geometry: Geometry
+    payload: bytes  # the whole torrent byte string, pad bytes zero
+
+    def file_bytes(self, index: int) -> bytes:
+        start = self.geometry.file_offset(index)
+        return self.payload[start : start + self.files[index].length]
+
+    def piece_bytes(self, piece: int) -> bytes:
+        start = self.geometry.piece_offset(piece)
+        return self.payload[start : start + self.geometry.piece_size(piece)]
+
+    def piece_hash(self, piece: int) -> bytes:
+        return hashlib.sha1(self.piece_bytes(piece)).digest()
+
+    def blocks(self) -> list[Block]:
+        g = self.geometry
+        out: list[Block] = []
+        for piece in range(g.piece_count):
+            data = self.piece_bytes(piece)
+            for b in range(g.blocks_in_piece(piece)):
+                begin = g.block_begin(b)
+                out.append((piece, begin, data[begin : begin + g.block_length(piece, b)]))
+        return out
+
+
+def make_torrent(layout: Sequence[tuple[int, bool]], piece_length: int, seed: int = 0) -> Torrent:
+    rng = random.Random(seed)
+    files: list[StorageFile] = []
+    payload = bytearray()
+    for i, (length, pad) in enumerate(layout):
+        path = (".pad", str(i)) if pad else (f"dir{i % 3}", "sub", f"file{i}.bin") if i % 2 else (f"file{i}.bin",)
+        files.append(StorageFile(path, length, pad))
+        payload += bytes(length) if pad else rng.randbytes(length)
+    geometry = Geometry([f.length for f in files], [f.pad for f in files], piece_length)
+    return Torrent(files, geometry, bytes(payload))
+
+
+def read_back(root: Path, torrent: Torrent) -> None:
+    """Every real file equals its payload byte for byte; no pad file exists."""
+    for i, f in enumerate(torrent.files):
+        path = root.joinpath(*f.path)
+        if f.pad:
+            assert not path.exists()
+        else:
+            assert path.read_bytes() == torrent.file_bytes(i), f"file {i} differs"
+    assert not (root / ".pad").exists()
+
+
+class CountingPwritev:
+    """os.pwritev that counts its calls (and can fail on demand)."""
+
+    def __init__(self, fail_errno: int | None = None) -> None:
+        self.calls = 0
+        self.fail_errno = fail_errno
+
+    def __call__(self, fd: int, buffers: Sequence[memoryview], offset: int) -> int:
+        self.calls += 1
+        if self.fail_errno is not None:
+            raise OSError(self.fail_errno, os.strerror(self.fail_errno))
+        return os.pwritev(fd, buffers, offset)
+
+
+@st.composite
+def torrents(draw: st.DrawFn) -> Torrent:
+    piece_length = draw(st.sampled_from([BLOCK_SIZE, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE]))
+    layout: list[tuple[int, bool]] = []
+    offset = 0
+    for _ in range(draw(st.integers(1, 7))):
+        kind = draw(st.sampled_from(["zero", "small", "odd", "align-pad", "odd-pad"]))
+        if kind == "zero":
+            length, pad = 0, False
+        elif kind == "small":
+            length, pad = draw(st.integers(1, 50)), False
+        elif kind == "odd":
+            length, pad = draw(st.integers(1, 2 * piece_length + 1)), False
+        elif kind == "align-pad":
+            length, pad = -offset % piece_length, True
+        else:
+            length, pad = draw(st.integers(1, piece_length)), True
+        layout.append((length, pad))
+        offset += length
+    if not any(length and not pad for length, pad in layout):  # at least one real byte to corrupt
+        layout.append((draw(st.integers(1, 2 * piece_length)), False))
+    return make_torrent(layout, piece_length, draw(st.integers(0, 2**32)))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "out"
+    # undo any immutable flag a test set, so pytest can clean up
+    subprocess.run(["chattr", "-R", "-i", str(tmp_path)], capture_output=True, check=False)
+
+
+# --- the property: any order, any batching, duplicates: exact files, right hashes -----------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(torrents(), st.data())
+async def test_any_block_order_gives_exact_files_and_good_hashes(torrent: Torrent, data: st.DataObject) -> None:
+    blocks = torrent.blocks()
+    order = data.draw(st.permutations(blocks))
+    dups = data.draw(st.lists(st.sampled_from(blocks), max_size=len(blocks)))
+    stream = list(order) + dups
+    data.draw(st.randoms()).shuffle(stream)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    config = dataclasses.replace(DEFAULT_CONFIG, max_open_files=data.draw(st.integers(1, 4)))
+    with tempfile.TemporaryDirectory() as tmp, trio.fail_after(DEADLINE):
+        root = Path(tmp) / "out"
+        with Storage(root, torrent.files, torrent.geometry, config) as storage:
+            await storage.prepare()
+            written: list[Written] = []
+            for batch in batches:
+                written += await storage.write_blocks(batch)
+            assert written == [(p, b, len(d)) for p, b, d in stream]
+            assert storage.open_file_count <= config.max_open_files
+            read_back(root, torrent)
+            g = torrent.geometry
+            for piece in range(g.piece_count):
+                assert await storage.hash_piece(piece, torrent.piece_hash(piece))
+                ok, digests = await storage.hash_piece_blocks(piece, torrent.piece_hash(piece))
+                assert ok
+                assert digests == tuple(hashlib.sha1(d).digest() for p, _, d in blocks if p == piece)
+                whole = torrent.piece_bytes(piece)
+                begin = data.draw(st.integers(0, len(whole) - 1))
+                length = data.draw(st.integers(1, len(whole) - begin))
+                assert await storage.read_block(piece, begin, length) == whole[begin : begin + length]
+            # corrupt one real byte on disk: that piece, and only that one, fails
+            index = data.draw(st.sampled_from([i for i, f in enumerate(torrent.files) if f.length and not f.pad]))
+            off = data.draw(st.integers(0, torrent.files[index].length - 1))
+            path = root.joinpath(*torrent.files[index].path)
+            raw = bytearray(path.read_bytes())
+            raw[off] ^= 0xFF
+            path.write_bytes(raw)
+            bad = g.file_offset(index) + off
+            for piece in range(g.piece_count):
+                inside = g.piece_offset(piece) <= bad < g.piece_offset(piece) + g.piece_size(piece)
+                assert await storage.hash_piece(piece, torrent.piece_hash(piece)) is not inside
+
+
+async def test_pad_bytes_hash_as_zeros_without_a_file(root: Path) -> None:
+    torrent = make_torrent([(5, False), (BLOCK_SIZE - 5, True), (BLOCK_SIZE, False)], BLOCK_SIZE)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry) as storage:
+        await storage.write_blocks(torrent.blocks())
+        assert await storage.hash_piece(0, torrent.piece_hash(0))
+        # the piece hash covers the pad zeros: the hash of the real bytes alone is not it
+        assert not await storage.hash_piece(0, hashlib.sha1(torrent.file_bytes(0)).digest())
+        assert await storage.read_block(0, 0, BLOCK_SIZE) == torrent.file_bytes(0) + bytes(BLOCK_SIZE - 5)
+    read_back(root, torrent)
+
+
+async def test_zero_length_files_are_created_empty_and_pad_files_never(root: Path) -> None:
+    torrent = make_torrent([(0, False), (0, True), (10, False), (0, False)], BLOCK_SIZE)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry) as storage:
+        await storage.prepare([0])
+        assert (root / "file0.bin").read_bytes() == b""
+        assert not root.joinpath(*torrent.files[3].path).exists()  # not wanted (yet)
+        await storage.prepare()
+    assert root.joinpath(*torrent.files[3].path).read_bytes() == b""
+    assert not (root / ".pad").exists()
+
+
+async def test_a_short_file_fails_the_hash_and_the_read(root: Path) -> None:
+    torrent = make_torrent([(2 * BLOCK_SIZE, False)], 2 * BLOCK_SIZE)
+    config = dataclasses.replace(DEFAULT_CONFIG, file_allocation="none")
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config) as storage:
+        await storage.write_blocks(torrent.blocks()[:1])
+        assert not await storage.hash_piece(0, torrent.piece_hash(0))
+        assert await storage.hash_piece_blocks(0, torrent.piece_hash(0)) == (False, ())
+        with pytest.raises(StorageError):
+            await storage.read_block(0, BLOCK_SIZE, BLOCK_SIZE)
+
+
+# --- coalescing ------------------------------------------------------------------------------------
+
+
+async def test_contiguous_blocks_are_one_write_and_gaps_split_it(root: Path) -> None:
+    torrent = make_torrent([(8 * BLOCK_SIZE, False)], 4 * BLOCK_SIZE)
+    blocks = torrent.blocks()
+    counter = CountingPwritev()
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, pwritev=counter) as storage:
+        shuffled = blocks[:]
+        random.Random(1).shuffle(shuffled)
+        await storage.write_blocks(shuffled + shuffled[:3])  # all eight, across two pieces, plus duplicates
+        assert counter.calls == 1
+        counter.calls = 0
+        await storage.write_blocks([blocks[0], blocks[1], blocks[3], blocks[4], blocks[7]])
+        assert counter.calls == 3
+    read_back(root, torrent)
+
+
+async def test_a_run_across_files_is_one_write_per_file(root: Path) -> None:
+    torrent = make_torrent([(BLOCK_SIZE + 7, False), (100, True), (BLOCK_SIZE, False), (3, False)], BLOCK_SIZE)
+    counter = CountingPwritev()
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, pwritev=counter) as storage:
+        await storage.write_blocks(torrent.blocks())
+        assert counter.calls == 3  # the pad file is skipped, not written
+    read_back(root, torrent)
+
+
+async def test_writer_loop_takes_everything_queued_into_one_hop(root: Path) -> None:
+    torrent = make_torrent([(6 * BLOCK_SIZE + 1, False)], 2 * BLOCK_SIZE)
+    blocks = torrent.blocks()
+    counter = CountingPwritev()
+    facts: list[list[Written]] = []
+
+    async def send_written(written: list[Written]) -> None:
+        facts.append(written)
+
+    send, receive = trio.open_memory_channel[Sequence[Block]](len(blocks))
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, pwritev=counter) as storage:
+        for block in reversed(blocks):
+            send.send_nowait([block])
+        send.close()
+        await storage.writer_loop(receive, send_written)
+    assert counter.calls == 1
+    assert len(facts) == 1 and sorted(facts[0]) == sorted((p, b, len(d)) for p, b, d in blocks)
+    read_back(root, torrent)
+
+
+async def test_writer_loop_batches_are_bounded_and_all_answered(root: Path) -> None:
+    torrent = make_torrent([(10 * BLOCK_SIZE, False), (5, False)], 2 * BLOCK_SIZE)
+    blocks = torrent.blocks()
+    config = dataclasses.replace(DEFAULT_CONFIG, write_batch_max_bytes=3 * BLOCK_SIZE, disk_threads=2)
+    facts: list[list[Written]] = []
+
+    async def send_written(written: list[Written]) -> None:
+        facts.append(written)
+
+    send, receive = trio.open_memory_channel[Sequence[Block]](0)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config) as storage:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.writer_loop, receive, send_written)
+            async with send:
+                for block in blocks:
+                    await send.send([block])
+    assert sorted(w for fact in facts for w in fact) == sorted((p, b, len(d)) for p, b, d in blocks)
+    assert all(sum(n for _, _, n in fact) <= 3 * BLOCK_SIZE for fact in facts)
+    read_back(root, torrent)
+
+
+async def test_hasher_loop_answers_every_piece(root: Path) -> None:
+    torrent = make_torrent([(5 * BLOCK_SIZE + 3, False)], BLOCK_SIZE)
+    answers: dict[int, bool] = {}
+
+    async def send_hashed(piece: int, ok: bool, digests: tuple[bytes, ...]) -> None:
+        answers[piece] = ok
+        assert len(digests) == torrent.geometry.blocks_in_piece(piece)
+
+    send, receive = trio.open_memory_channel[tuple[int, bytes]](0)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry) as storage:
+        await storage.write_blocks(torrent.blocks())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.hasher_loop, receive, send_hashed)
+            async with send:
+                for piece in range(torrent.geometry.piece_count):
+                    await send.send((piece, torrent.piece_hash(piece) if piece != 2 else bytes(20)))
+    assert answers == {p: p != 2 for p in range(torrent.geometry.piece_count)}
+
+
+# --- allocation and the handle cache ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["none", "sparse", "full"])
+async def test_file_allocation_modes(root: Path, mode: str) -> None:
+    torrent = make_torrent([(4 * BLOCK_SIZE + 9, False)], BLOCK_SIZE)
+    config = dataclasses.replace(DEFAULT_CONFIG, file_allocation=mode)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config) as storage:
+        await storage.write_blocks(torrent.blocks()[:1])
+        info = os.stat(root / "file0.bin")
+        expected = BLOCK_SIZE if mode == "none" else 4 * BLOCK_SIZE + 9
+        assert info.st_size == expected
+        if mode == "full":
+            assert info.st_blocks * 512 >= 4 * BLOCK_SIZE
+        await storage.write_blocks(torrent.blocks())
+    read_back(root, torrent)
+
+
+async def test_a_longer_existing_file_is_cut_to_length(root: Path) -> None:
+    torrent = make_torrent([(BLOCK_SIZE, False)], BLOCK_SIZE)
+    root.mkdir()
+    (root / "file0.bin").write_bytes(b"x" * (3 * BLOCK_SIZE))
+    config = dataclasses.replace(DEFAULT_CONFIG, file_allocation="none")
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config) as storage:
+        await storage.write_blocks(torrent.blocks())
+    read_back(root, torrent)
+
+
+def test_unknown_allocation_mode_is_a_usage_error(root: Path) -> None:
+    torrent = make_torrent([(10, False)], BLOCK_SIZE)
+    with pytest.raises(UsageError):
+        Storage(root, torrent.files, torrent.geometry, dataclasses.replace(DEFAULT_CONFIG, file_allocation="x"))
+
+
+async def test_handle_cache_stays_bounded(root: Path) -> None:
+    torrent = make_torrent([(BLOCK_SIZE // 2, False)] * 9, BLOCK_SIZE)
+    config = dataclasses.replace(DEFAULT_CONFIG, max_open_files=2)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config) as storage:
+        for block in torrent.blocks():
+            await storage.write_blocks([block])
+            assert storage.open_file_count <= 2
+        for piece in range(torrent.geometry.piece_count):
+            assert await storage.hash_piece(piece, torrent.piece_hash(piece))
+    read_back(root, torrent)
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+async def test_a_directory_where_a_file_should_be_is_a_file_open_error(root: Path) -> None:
+    torrent = make_torrent([(10, False)], BLOCK_SIZE)
+    (root / "file0.bin").mkdir(parents=True)
+    with (
+        trio.fail_after(DEADLINE),
+        Storage(root, torrent.files, torrent.geometry) as storage,
+        pytest.raises(FileOpenError) as caught,
+    ):
+        await storage.write_blocks(torrent.blocks())
+    assert caught.value.exit_status == ExitStatus.FILE_OPEN
+    assert str(root / "file0.bin") in str(caught.value)
+
+
+async def test_a_file_where_a_directory_should_be_is_a_file_create_error(root: Path) -> None:
+    torrent = make_torrent([(0, False), (10, False)], BLOCK_SIZE)  # file1 is dir1/sub/file1.bin
+    root.mkdir()
+    (root / "dir1").write_bytes(b"in the way")
+    with (
+        trio.fail_after(DEADLINE),
+        Storage(root, torrent.files, torrent.geometry) as storage,
+        pytest.raises(FileCreateError) as caught,
+    ):
+        await storage.write_blocks(torrent.blocks())
+    assert caught.value.exit_status == ExitStatus.FILE_CREATE
+    assert "file1.bin" in str(caught.value)
+
+
+def make_read_only(path: Path) -> None:
+    """A folder nobody may create in: chmod for a normal user, the immutable flag for root."""
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: cannot make a folder read-only")
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode:
+        pytest.skip("running as root on a filesystem without the immutable flag")
+
+
+async def test_a_read_only_folder_is_a_file_create_error(root: Path) -> None:
+    torrent = make_torrent([(10, False)], BLOCK_SIZE)
+    root.mkdir()
+    make_read_only(root)
+    try:
+        with (
+            trio.fail_after(DEADLINE),
+            Storage(root, torrent.files, torrent.geometry) as storage,
+            pytest.raises(FileCreateError) as caught,
+        ):
+            await storage.write_blocks(torrent.blocks())
+    finally:
+        subprocess.run(["chattr", "-i", str(root)], capture_output=True, check=False)
+        root.chmod(0o700)
+    assert str(root / "file0.bin") in str(caught.value)
+    assert not (root / "file0.bin").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "status"),
+    [
+        (errno.ENOSPC, DiskFullError, ExitStatus.DISK_FULL),
+        (errno.EDQUOT, DiskFullError, ExitStatus.DISK_FULL),
+        (errno.EIO, StorageError, ExitStatus.FILE_IO),
+    ],
+)
+async def test_write_errors_map_to_the_error_tree(
+    root: Path, code: int, error: type[StorageError], status: ExitStatus
+) -> None:
+    torrent = make_torrent([(3 * BLOCK_SIZE, False)], BLOCK_SIZE)
+    with (
+        trio.fail_after(DEADLINE),
+        Storage(root, torrent.files, torrent.geometry, pwritev=CountingPwritev(code)) as s,
+        pytest.raises(error) as caught,
+    ):
+        await s.write_blocks(torrent.blocks())
+    assert type(caught.value) is error
+    assert caught.value.exit_status == status
+    assert str(root / "file0.bin") in str(caught.value)
+
+
+async def test_writer_loop_stops_on_disk_full_with_the_plain_error(root: Path) -> None:
+    torrent = make_torrent([(3 * BLOCK_SIZE, False)], BLOCK_SIZE)
+    answered: list[list[Written]] = []
+
+    async def send_written(written: list[Written]) -> None:
+        answered.append(written)
+
+    send, receive = trio.open_memory_channel[Sequence[Block]](10)
+    counter = CountingPwritev(errno.ENOSPC)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, pwritev=counter) as storage:
+        for block in torrent.blocks():
+            send.send_nowait([block])
+        with pytest.raises(DiskFullError):
+            await storage.writer_loop(receive, send_written)  # the channel is still open: the error ends it
+    assert answered == []
+
+
+async def test_read_errors_are_storage_errors(root: Path) -> None:
+    torrent = make_torrent([(BLOCK_SIZE, False)], BLOCK_SIZE)
+
+    def failing_pread(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, pread=failing_pread) as storage:
+        await storage.write_blocks(torrent.blocks())
+        with pytest.raises(StorageError) as caught:
+            await storage.hash_piece(0, torrent.piece_hash(0))
+    assert caught.value.exit_status == ExitStatus.FILE_IO
+    assert "file0.bin" in str(caught.value)
+
+
+# --- path safety -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parts", [("..", "x"), ("a", "..", "..", "x"), ("",), (".",), ("a/../../x",), ()])
+def test_unsafe_paths_are_refused_up_front(root: Path, parts: tuple[str, ...]) -> None:
+    geometry = Geometry([1], [False], BLOCK_SIZE)
+    with pytest.raises(StorageError):
+        Storage(root, [StorageFile(parts, 1)], geometry)
+
+
+async def test_a_symlinked_folder_inside_the_root_is_not_followed(tmp_path: Path, root: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    torrent = make_torrent([(0, False), (3 * BLOCK_SIZE, False)], BLOCK_SIZE)  # dir1/sub/file1.bin
+    root.mkdir()
+    (root / "dir1").symlink_to(outside, target_is_directory=True)
+    with (
+        trio.fail_after(DEADLINE),
+        Storage(root, torrent.files, torrent.geometry) as storage,
+        pytest.raises(StorageError, match="symbolic link"),
+    ):
+        await storage.write_blocks(torrent.blocks())
+    assert list(outside.iterdir()) == []
+
+
+async def test_a_symlinked_file_inside_the_root_is_not_followed(tmp_path: Path, root: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    torrent = make_torrent([(BLOCK_SIZE, False)], BLOCK_SIZE)
+    root.mkdir()
+    (root / "file0.bin").symlink_to(target)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry) as storage:
+        with pytest.raises(StorageError, match="symbolic link"):
+            await storage.write_blocks(torrent.blocks())
+        with pytest.raises(StorageError, match="symbolic link"):
+            await storage.hash_piece(0, torrent.piece_hash(0))
+    assert target.read_bytes() == b"keep me"
+
+
+async def test_a_dangling_symlink_is_not_created_through(tmp_path: Path, root: Path) -> None:
+    torrent = make_torrent([(0, False), (0, False), (0, False), (10, False)], BLOCK_SIZE)  # dir0/sub/file3.bin
+    root.mkdir()
+    (root / "dir0").mkdir()
+    (root / "dir0" / "sub").symlink_to(tmp_path / "nowhere")
+    with (
+        trio.fail_after(DEADLINE),
+        Storage(root, torrent.files, torrent.geometry) as storage,
+        pytest.raises(StorageError, match="symbolic link"),
+    ):
+        await storage.write_blocks(torrent.blocks())
+    assert not (tmp_path / "nowhere").exists()
+
+
+async def test_a_symlinked_root_is_resolved_and_used(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    torrent = make_torrent([(10, False)], BLOCK_SIZE)
+    with trio.fail_after(DEADLINE), Storage(link, torrent.files, torrent.geometry) as storage:
+        assert storage.root == str(real)
+        await storage.write_blocks(torrent.blocks())
+    read_back(real, torrent)
+
+
+def test_config_defaults_are_sane() -> None:
+    config = Config()
+    assert config.file_allocation == "sparse"  # never slow to start
+    assert config.max_open_files >= 1 and config.disk_threads >= 1
+    assert config.hash_read_size % BLOCK_SIZE == 0
