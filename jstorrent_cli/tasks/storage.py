@@ -28,7 +28,7 @@ import os
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 import trio
 
@@ -76,11 +76,31 @@ _IOV_MAX = _iov_max()
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StorageFile:
-    """One file of the torrent: relative path parts (already sanitised), length, BEP 47 pad flag."""
+    """One file of the torrent: relative path parts (already sanitised), length, BEP 47 flags.
+
+    Pad files are never written; symlink entries (length 0) are never created.
+    """
 
     path: tuple[str, ...]
     length: int
     pad: bool = False
+    symlink: bool = False
+
+
+class _FileEntryLike(Protocol):
+    @property
+    def path(self) -> tuple[str, ...]: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def pad(self) -> bool: ...
+    @property
+    def symlink(self) -> bool: ...
+
+
+def storage_files(entries: Iterable[_FileEntryLike]) -> list[StorageFile]:
+    """StorageFiles from the metainfo's FileEntry list (anything with path, length, pad, symlink)."""
+    return [StorageFile(e.path, e.length, e.pad, e.symlink) for e in entries]
 
 
 @dataclasses.dataclass(slots=True)
@@ -467,7 +487,7 @@ class Storage:
         indexes = range(len(self._files)) if wanted is None else wanted
         for index in indexes:
             f = self._files[index]
-            if f.length == 0 and not f.pad:
+            if f.length == 0 and not f.pad and not f.symlink:
                 # Zero-length files are in no piece: create them now, and do not keep them open.
                 os.close(self._open_file(index))
 

@@ -28,7 +28,7 @@ from jstorrent_cli.errors import (
     StorageError,
     UsageError,
 )
-from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written
+from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written, storage_files
 
 DEADLINE = 10
 
@@ -132,7 +132,7 @@ def root(tmp_path: Path) -> Iterator[Path]:
 # --- the property: any order, any batching, duplicates: exact files, right hashes -----------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(torrents(), st.data())
 async def test_any_block_order_gives_exact_files_and_good_hashes(torrent: Torrent, data: st.DataObject) -> None:
     blocks = torrent.blocks()
@@ -196,6 +196,23 @@ async def test_zero_length_files_are_created_empty_and_pad_files_never(root: Pat
         await storage.prepare()
     assert root.joinpath(*torrent.files[3].path).read_bytes() == b""
     assert not (root / ".pad").exists()
+
+
+async def test_symlink_entries_are_never_created(root: Path) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Entry:  # the shape of core/metainfo.FileEntry that storage_files reads
+        path: tuple[str, ...]
+        length: int
+        pad: bool = False
+        symlink: bool = False
+
+    files = storage_files([Entry(("a",), 0), Entry(("link",), 0, symlink=True), Entry(("b",), 3)])
+    assert files[1] == StorageFile(("link",), 0, symlink=True)
+    geometry = Geometry([f.length for f in files], [f.pad for f in files], BLOCK_SIZE)
+    with trio.fail_after(DEADLINE), Storage(root, files, geometry) as storage:
+        await storage.prepare()
+        await storage.write_blocks([(0, 0, b"xyz")])
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b"]
 
 
 async def test_a_short_file_fails_the_hash_and_the_read(root: Path) -> None:
