@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import urllib.parse
+from collections.abc import Iterator
 
 from jstorrent_cli.config import BLOCK_SIZE, DEFAULT_CONFIG, Config
 from jstorrent_cli.core import bencode
@@ -348,27 +349,29 @@ def _v2_files(tree: Value | None, config: Config) -> list[_V2File]:
     if not isinstance(tree, dict):
         raise MetainfoError("'file tree' is not a dictionary")
     result: list[_V2File] = []
-    # Explicit stack instead of recursion; depth is already bounded by the bencode depth cap.
-    stack: list[tuple[tuple[bytes, ...], dict[bytes, Value]]] = [((), tree)]
+    # Depth-first in key order, as creators write the v1 list. An explicit stack of iterators instead
+    # of recursion (the depth is bounded by the bencode depth cap anyway).
+    stack: list[tuple[tuple[bytes, ...], Iterator[tuple[bytes, Value]]]] = [((), iter(tree.items()))]
     while stack:
-        prefix, node = stack.pop()
-        subdirs: list[tuple[tuple[bytes, ...], dict[bytes, Value]]] = []
-        for key, child in node.items():
-            path = (*prefix, key)
-            where = f"'file tree' entry {b'/'.join(path)!r}"
-            if not key or not isinstance(child, dict):
-                raise MetainfoError(f"{where}: invalid file tree entry")
-            leaf = child.get(b"")
-            if len(child) == 1 and leaf is not None:
-                if not isinstance(leaf, dict):
-                    raise MetainfoError(f"{where}: file entry is not a dictionary")
-                result.append(_v2_leaf(leaf, path, where, config))
-                if len(result) > config.max_file_count:
-                    raise MetainfoError(f"more than {config.max_file_count} files in 'file tree'")
-            else:
-                subdirs.append((path, child))
-        # Depth-first in key order, like the file list a creator writes.
-        stack.extend(reversed(subdirs))
+        prefix, items = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            continue
+        key, child = item
+        path = (*prefix, key)
+        where = f"'file tree' entry {b'/'.join(path)!r}"
+        if not key or not isinstance(child, dict):
+            raise MetainfoError(f"{where}: invalid file tree entry")
+        leaf = child.get(b"")
+        if len(child) == 1 and leaf is not None:
+            if not isinstance(leaf, dict):
+                raise MetainfoError(f"{where}: file entry is not a dictionary")
+            result.append(_v2_leaf(leaf, path, where, config))
+            if len(result) > config.max_file_count:
+                raise MetainfoError(f"more than {config.max_file_count} files in 'file tree'")
+        else:
+            stack.append((path, iter(child.items())))
     return result
 
 

@@ -541,12 +541,19 @@ def test_duplicate_keys_are_refused_even_in_lenient_mode() -> None:
 
 
 def hybrid_info(files: list[tuple[bytes, int]], piece_length: int = PIECE, pad: bool = True) -> dict[bytes, Value]:
+    """A hybrid info dict; a file name "d/x" is the file x in the directory d."""
     v1: list[Value] = []
     tree: dict[bytes, Value] = {}
     total = 0
     for index, (name, length) in enumerate(files):
-        v1.append({b"length": length, b"path": [name]})
-        tree[name] = {b"": {b"length": length, b"pieces root": hashlib.sha256(name).digest()}}
+        elements: list[Value] = list(name.split(b"/"))
+        v1.append({b"length": length, b"path": elements})
+        node = tree
+        for directory in name.split(b"/")[:-1]:
+            child = node.setdefault(directory, {})
+            assert isinstance(child, dict)
+            node = child
+        node[name.split(b"/")[-1]] = {b"": {b"length": length, b"pieces root": hashlib.sha256(name).digest()}}
         total += length
         remainder = total % piece_length
         if pad and remainder and index < len(files) - 1:
@@ -574,6 +581,18 @@ def test_hybrid_loads_through_v1() -> None:
     assert t.is_hybrid and t.info_hash == info_hash_of(info)
     assert [f.pad for f in t.files] == [False, True, False, True, False]
     assert [f.offset for f in t.files if not f.pad] == [0, PIECE, 3 * PIECE]
+
+
+def test_hybrid_tree_is_walked_depth_first_in_key_order() -> None:
+    info = hybrid_info([(b"a/x", 100), (b"a/y/z", 7), (b"b", 5)])
+    t = load(info)
+    assert [f.path[1:] for f in t.files if not f.pad] == [("a", "x"), ("a", "y", "z"), ("b",)]
+    # The same files listed in another order in v1 do not match the tree.
+    files = info[b"files"]
+    assert isinstance(files, list)
+    info[b"files"] = [files[2], files[3], files[0], files[1], files[4]]
+    with pytest.raises(MetainfoError, match="do not match"):
+        load(info)
 
 
 def test_hybrid_with_mismatched_lists_is_refused() -> None:
