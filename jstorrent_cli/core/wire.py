@@ -462,6 +462,23 @@ def bitfield_length(num_pieces: int) -> int:
     return (num_pieces + 7) // 8
 
 
+def peek_handshake(data: bytes | bytearray | memoryview) -> Handshake | None:
+    """The handshake at the start of `data`, or None while fewer than 68 bytes are there.
+
+    For a listener that must learn the info hash before it knows which torrent (and so which
+    PeerProtocol) a connection is for: gather bytes until this returns a Handshake, then create the
+    PeerProtocol and pass it *all* the bytes (handshake included). A wrong protocol string is a
+    RemoteProtocolError as soon as its first differing byte is there.
+    """
+    head = bytes(data[:HANDSHAKE_LENGTH])
+    checked = min(len(head), len(_HANDSHAKE_PREFIX))
+    if head[:checked] != _HANDSHAKE_PREFIX[:checked]:
+        raise RemoteProtocolError("not a BitTorrent handshake")
+    if len(head) < HANDSHAKE_LENGTH:
+        return None
+    return _decode_handshake(head)
+
+
 class Decoder:
     """Incremental decoder of one direction of a peer connection.
 

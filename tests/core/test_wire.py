@@ -424,3 +424,54 @@ def test_micro_check_decoding_speed(capsys: pytest.CaptureFixture[str]) -> None:
     assert count == 512
     with capsys.disabled():
         print(f"\n[wire] decoded {count} blocks in {elapsed * 1e3:.2f} ms ({count * BLOCK / elapsed / 1e6:.0f} MB/s)")
+
+
+# --- listener helper and extended handshake fuzzing ---------------------------------------------
+
+
+def test_peek_handshake_waits_for_68_bytes_and_refuses_strangers_early() -> None:
+    data = wire.encode(HANDSHAKE) + wire.encode(wire.HaveAll())
+    assert wire.peek_handshake(data[:67]) is None
+    assert wire.peek_handshake(data) == HANDSHAKE
+    assert wire.peek_handshake(memoryview(data)[:68]) == HANDSHAKE
+    with pytest.raises(RemoteProtocolError):
+        wire.peek_handshake(b"\x13BitTorrent" + b"X")
+    # The whole buffer (handshake included) then decodes as usual.
+    assert wire.Decoder().feed(data) == [HANDSHAKE, wire.HaveAll()]
+
+
+bencode_values = st.recursive(
+    st.integers(-(2**70), 2**70) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.binary(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([b"m", b"v", b"p", b"reqq", b"yourip", b"metadata_size", b"other"]),
+        bencode_values,
+        max_size=6,
+    )
+)
+def test_any_bencoded_dictionary_gives_an_extended_handshake(value: dict[bytes, bencode.Value]) -> None:
+    (msg,) = wire.Decoder(expect_handshake=False).feed(frame(wire.MSG_EXTENDED, b"\x00" + bencode.encode(value)))
+    assert isinstance(msg, wire.ExtendedHandshake)
+    # Only values of the right type and range are kept, and they re-encode.
+    assert all(0 <= ext_id <= 255 for ext_id in msg.m.values())
+    raw_p, raw_ip, raw_size = value.get(b"p"), value.get(b"yourip"), value.get(b"metadata_size")
+    assert msg.p == (raw_p if isinstance(raw_p, int) and 1 <= raw_p <= 65535 else None)
+    assert msg.yourip == (raw_ip if isinstance(raw_ip, bytes) and len(raw_ip) in (4, 16) else None)
+    assert msg.metadata_size == (raw_size if isinstance(raw_size, int) and raw_size >= 0 else None)
+    assert wire.Decoder(expect_handshake=False).feed(wire.encode(msg)) == [msg]
+
+
+@SETTINGS
+@given(st.binary(max_size=100))
+def test_random_extended_handshake_payloads_only_raise_remote_protocol_error(payload: bytes) -> None:
+    try:
+        (msg,) = wire.Decoder(expect_handshake=False).feed(frame(wire.MSG_EXTENDED, b"\x00" + payload))
+    except RemoteProtocolError:
+        return
+    assert isinstance(msg, wire.ExtendedHandshake)

@@ -496,3 +496,20 @@ def test_a_4_gib_piece_announcement_is_refused_by_the_protocol_too() -> None:
     proto = connected()
     with pytest.raises(RemoteProtocolError):
         proto.receive_data(struct.pack(">IB", 2**32 - 1, wire.MSG_PIECE))
+
+
+def test_micro_check_protocol_speed(capsys: pytest.CaptureFixture[str]) -> None:
+    """Prints how fast checked blocks go through receive_data; informative only, no timing assert."""
+    import time
+
+    proto = wire.PeerProtocol(INFO_HASH, OUR_ID, 64, 16 * BLOCK, 64 * 16 * BLOCK)
+    proto.receive_data(their_handshake())
+    block = bytes(BLOCK)
+    stream = b"".join(wire.encode(wire.Piece(i // 16, (i % 16) * BLOCK, block)) for i in range(1024))
+    receives = [stream[i : i + 4 * (BLOCK + 13)] for i in range(0, len(stream), 4 * (BLOCK + 13))]
+    started = time.perf_counter()
+    count = sum(len(proto.receive_data(r)) for r in receives)
+    elapsed = time.perf_counter() - started
+    assert count == 1024
+    with capsys.disabled():
+        print(f"\n[wire] {count} checked blocks in {elapsed * 1e3:.2f} ms ({elapsed / count * 1e6:.2f} us/block)")
