@@ -520,6 +520,11 @@ def _decode(data: bytes, config: Config) -> tuple[dict[bytes, Value], dict[bytes
     # and the spans still index `data` from its start.
     body = data.rstrip(_TRAILING_WHITESPACE)
     try:
+        if not body.startswith(b"d"):
+            # Valid bencode that is not a dictionary is a bad torrent, not bad bencode.
+            top = bencode.decode(body, max_depth=config.bencode_max_depth, max_size=config.bencode_max_size)
+            kind = {int: "an integer", bytes: "a byte string", list: "a list"}.get(type(top), "not a dictionary")
+            raise MetainfoError(f"not a torrent file: the top level is {kind}, not a dictionary")
         return bencode.decode_with_spans(
             body, max_depth=config.bencode_max_depth, max_size=config.bencode_max_size, sorted_keys=False
         )

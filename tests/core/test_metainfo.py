@@ -301,20 +301,31 @@ def test_bad_file_lists(files: Value, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "error"),
+    ("data", "is_bencode_error", "message"),
     [
-        (b"", BencodeError),
-        (b"i5e", BencodeError),
-        (b"le", BencodeError),
-        (b"d4:infoi5ee", MetainfoError),
-        (b"de", MetainfoError),
-        (b"d4:infod", BencodeError),
-        (os.urandom(64), MetainfoError),
+        (b"", True, "invalid bencode"),
+        (b"i03e", True, "leading zero"),
+        (b"d4:infod", True, "unterminated"),
+        (b"l1:ae garbage", True, "trailing data"),
+        (b"i5e", False, "top level is an integer"),
+        (b"li1ee", False, "top level is a list"),
+        (b"5:hello", False, "top level is a byte string"),
+        (b"d4:infoi5ee", False, "'info'"),
+        (b"de", False, "'info'"),
+        (b"d3:fooi1ee", False, "'info'"),
     ],
 )
-def test_not_a_torrent(data: bytes, error: type[MetainfoError]) -> None:
-    with pytest.raises(error) as caught:
+def test_not_a_torrent(data: bytes, is_bencode_error: bool, message: str) -> None:
+    """Bytes that are not bencode are a BencodeError (exit 25); bencode that is no torrent is not (26)."""
+    with pytest.raises(MetainfoError, match=message) as caught:
         parse(data)
+    assert isinstance(caught.value, BencodeError) is is_bencode_error
+    assert "\n" not in str(caught.value)
+
+
+def test_random_bytes_are_refused() -> None:
+    with pytest.raises(MetainfoError) as caught:
+        parse(b"d" + os.urandom(64))
     assert "\n" not in str(caught.value)
 
 
