@@ -260,9 +260,9 @@ def test_a_4_gib_length_is_refused_from_the_prefix_alone_with_bounded_memory() -
     # Decided from the four length bytes alone, before any body byte arrived.
     fresh = wire.Decoder()
     fresh.feed(wire.encode(HANDSHAKE))
+    assert fresh.feed(b"\xff\xff\xff") == []  # not yet decidable...
     with pytest.raises(RemoteProtocolError):
-        fresh.feed(b"\xff\xff\xff")  # not yet decidable...
-        fresh.feed(b"\xff")  # ...now it is
+        fresh.feed(b"\xff")  # ...now it is, with no body byte seen
     assert fresh.buffered <= 4
 
 
