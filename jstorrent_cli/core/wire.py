@@ -16,8 +16,9 @@ Three layers, all sans-IO (bytes in, messages out, bytes to send; no sockets, no
 
 Decisions:
 
-* Unknown message ids are ignored, as BEP 10 asks of clients (new ids are how the protocol grew);
-  their bodies are skipped without being buffered and counted in `Decoder.unknown_messages`. Their
+* Unknown message ids are ignored, as clients have always done: new ids are how the protocol grew
+  (BEP 6, BEP 10), and a peer that assumes we know one must not cost the connection. Their
+  bodies are skipped without being buffered and counted in `Decoder.unknown_messages`; their
   length is still capped by `Config.max_message_length`.
 * The reserved bits other than extension (BEP 10), fast (BEP 6) and DHT (BEP 5) are not kept.
 * A PORT message is accepted whatever the peer's DHT bit says: it is harmless and some clients send
