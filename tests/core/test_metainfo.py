@@ -689,6 +689,9 @@ def assert_sound(t: Torrent) -> None:
             assert key not in created
             created.add(key)
     assert offset == t.total_length
+    # No created file sits where another created file needs a directory.
+    directories = {"/".join(f.path[:depth]).lower() for f in t.files if f.is_created for depth in range(1, len(f.path))}
+    assert not created & directories
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
