@@ -620,10 +620,10 @@ def parse(data: bytes, config: Config = DEFAULT_CONFIG) -> Torrent:
     if version == META_VERSION_2:
         _check_hybrid(info, raw_files, piece_length, config)
 
-    prefix = (name,) if multi_file else ()
-    full = [(*prefix, *f.rel) if multi_file else (name,) for f in raw_files]
+    # Paths relative to the output folder: multi-file torrents live in a directory named after them.
+    full = [(name, *f.rel) if multi_file else (name,) for f in raw_files]
     resolved = _resolve_duplicates(
-        [p if f.pad is False and not f.symlink else None for p, f in zip(full, raw_files, strict=True)], config
+        [p if not f.pad and not f.symlink else None for p, f in zip(full, raw_files, strict=True)], config
     )
 
     entries: list[FileEntry] = []
