@@ -170,3 +170,14 @@ class Config:
 
 
 DEFAULT_CONFIG = Config()
+    # --- resume, verify, selection (core/resume.py, tasks/resume_store.py, tasks/verify.py) -----
+    # The resume state is rewritten at most this often (s): bounds fsync load, loses <= 1 s of work.
+    resume_save_interval: float = 1.0
+    # Largest resume state file read (a 4M-piece bitfield is 512 KiB; 1M files x ~30 bytes): more is corrupt.
+    resume_max_state_bytes: int = 64 * MiB
+    # Nesting accepted in a resume state (it nests 3 levels); deeper is corrupt, not a recursion.
+    resume_max_depth: int = 4
+    # verify: each worker-thread hop hashes whole pieces until at least this many bytes (small
+    # pieces would otherwise pay a thread hop each; 4 MiB is ~2 ms of SHA-1).
+    verify_batch_bytes: int = 4 * MiB
+
