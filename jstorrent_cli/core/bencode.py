@@ -27,6 +27,7 @@ Value: TypeAlias = int | bytes | list["Value"] | dict[bytes, "Value"]
 _DIGITS = frozenset(b"0123456789")
 # Longest integer accepted, in digits: 64-bit values need 20; Python refuses to parse over 4300.
 _MAX_DIGITS = 256
+_INT_LIMIT = 10**_MAX_DIGITS
 
 
 class _Decoder:
@@ -176,12 +177,17 @@ def decode_with_spans(
 
 
 def _check_encodable(value: object, path: str, depth: int) -> None:
-    if depth > DEFAULT_CONFIG.bencode_max_depth:
-        raise BencodeEncodeError(f"cannot encode {path}: nested deeper than {DEFAULT_CONFIG.bencode_max_depth}")
     if isinstance(value, bool):
         raise BencodeEncodeError(f"cannot encode {path}: bool is not a bencode type (use 0 or 1)")
-    if isinstance(value, int | bytes):
+    if isinstance(value, int):
+        if abs(value) >= _INT_LIMIT:
+            raise BencodeEncodeError(f"cannot encode {path}: integer longer than {_MAX_DIGITS} digits")
         return
+    if isinstance(value, bytes):
+        return
+    if isinstance(value, list | tuple | dict) and depth >= DEFAULT_CONFIG.bencode_max_depth:
+        # The decoder refuses a container at this depth, so the encoder must too.
+        raise BencodeEncodeError(f"cannot encode {path}: nested deeper than {DEFAULT_CONFIG.bencode_max_depth}")
     if isinstance(value, bytearray | memoryview):
         return
     if isinstance(value, list | tuple):

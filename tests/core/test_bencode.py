@@ -248,33 +248,21 @@ def test_encode_sorts_keys_and_accepts_byte_like_and_tuples() -> None:
     assert encode(-42) == b"i-42e"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bencode.py bug: _check_encodable allows depth == bencode_max_depth (raises only when depth > cap), "
-    "while the decoder refuses a container at depth >= cap, so encode() accepts one level more than decode() reads",
-)
 def test_encode_refuses_what_decode_would_refuse() -> None:
     nested: Value = []
-    for _ in range(MAX_DEPTH):  # MAX_DEPTH + 1 lists in all
+    for _ in range(MAX_DEPTH - 1):  # MAX_DEPTH lists in all: the deepest the decoder reads
         nested = [nested]
-    try:
-        data = encode(nested)
-    except BencodeEncodeError:
-        return
-    decode(data)
+    assert decode(encode(nested)) == nested
+    with pytest.raises(BencodeEncodeError, match="nested deeper"):
+        encode([nested])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bencode.py gap: encode() writes integers of any length, decode() refuses more than 256 digits "
-    "(_MAX_DIGITS), so encode(10**300) produces bytes our own decoder rejects",
-)
 def test_encode_refuses_integers_decode_would_refuse() -> None:
-    try:
-        data = encode(10**300)
-    except BencodeEncodeError:
-        return
-    decode(data)
+    with pytest.raises(BencodeEncodeError, match="longer than"):
+        encode(10**300)
+    with pytest.raises(BencodeEncodeError, match="longer than"):
+        encode(-(10**256))
+    assert decode(encode(10**256 - 1)) == 10**256 - 1
 
 
 def test_integer_digit_cap_is_exact() -> None:
