@@ -1,0 +1,643 @@
+"""Views of a running download: a rich live view, plain status lines, JSON lines, or nothing.
+
+Every view pulls: the session hands `run` a `poll()` that returns a frozen status, and the view calls
+it a few times a second from its own Trio task (never pushed, never on the hot path). `finish(result)`
+prints the end summary. The views read statuses through the small structural protocols below
+(`StatusLike`, `SnapshotLike`, `PeerLike`, `ResultLike`), so this module does not import the session.
+
+Cost (DESIGN.md, known traps): rich's `Live` draws nothing on a pipe until exit, so the live view is
+only used when stderr is a terminal; it refreshes from a Trio task with `auto_refresh=False` and draws
+pre-formatted `Text` lines (no `Table`) on stderr, leaving stdout clean for `--json`.
+
+Optional extras read when present (the session may add them; the views work without them):
+``status.piece_states`` or ``status.scheduler.piece_states`` (bytes, one state per piece, see
+ui/piecemap.py) for the piece map; ``status.peer_clients`` (mapping peer id -> client name) or
+``peer.client`` for the peer table; ``status.trackers`` (a TrackerStatus, or a sequence or mapping of
+them) for the tracker line; ``result.info_hash`` and ``result.state`` for the summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, TextIO
+
+import trio
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from jstorrent_cli.config import Config
+from jstorrent_cli.ui import piecemap
+from jstorrent_cli.ui.format import format_duration, format_rate, format_size
+
+if TYPE_CHECKING:
+    from jstorrent_cli.core.scheduler import PeerSnapshot, SchedulerSnapshot
+
+# Text formats, not limits: aria2c shows the first 6 hex digits of a download's id.
+PLAIN_ID_HEX_DIGITS = 6
+PERCENT = 100
+# Peer table column widths: "255.255.255.255:65535" is 21 characters; the rest fit their contents.
+_ADDR_WIDTH = 21
+_CLIENT_WIDTH = 16
+_COUNT_WIDTH = 3
+_RATE_WIDTH = 11
+
+# Bar characters.
+BAR_DONE = "█"
+BAR_TODO = "░"
+GAUGE_IN_FLIGHT = "█"
+GAUGE_TO_DISK = "▒"
+GAUGE_FREE = "░"
+ENDGAME_MARKER = "ENDGAME"
+
+# Peer flags, one fixed column each ('.' when unset), in the manner of libtorrent's client_test:
+# I we are interested, C the peer chokes us, i the peer is interested in us, S snubbed (limit 1),
+# W warming up (slow start).
+FLAG_UNSET = "."
+PEER_FLAGS_LEGEND = "I=interested C=choked-by-peer i=peer-interested S=snubbed W=slow-start"
+
+
+# --- what the views read ---------------------------------------------------------------------------
+
+
+class PeerLike(Protocol):
+    """One connected peer, as core/scheduler.py's PeerSnapshot describes it."""
+
+    @property
+    def peer(self) -> Hashable: ...
+    @property
+    def ip(self) -> str: ...
+    @property
+    def outstanding(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def peer_choking(self) -> bool: ...
+    @property
+    def am_interested(self) -> bool: ...
+    @property
+    def peer_interested(self) -> bool: ...
+    @property
+    def snubbed(self) -> bool: ...
+    @property
+    def slow_start(self) -> bool: ...
+    @property
+    def request_timeout(self) -> float: ...
+    @property
+    def oldest_request_age(self) -> float | None: ...
+    @property
+    def idle_reason(self) -> str | None: ...
+
+
+class SnapshotLike(Protocol):
+    """The scheduler's snapshot fields the views read (core/scheduler.py SchedulerSnapshot)."""
+
+    @property
+    def peers(self) -> Sequence[PeerLike]: ...
+    @property
+    def bytes_in_flight(self) -> int: ...
+    @property
+    def bytes_waiting_for_disk(self) -> int: ...
+    @property
+    def budget(self) -> int: ...
+    @property
+    def pieces_partial(self) -> int: ...
+    @property
+    def pieces_fully_requested(self) -> int: ...
+    @property
+    def pieces_awaiting_hash(self) -> int: ...
+    @property
+    def pieces_verified(self) -> int: ...
+    @property
+    def pieces_wanted(self) -> int: ...
+    @property
+    def endgame(self) -> bool: ...
+    @property
+    def wasted_bytes(self) -> int: ...
+    @property
+    def hash_failures(self) -> int: ...
+
+
+class StatusLike(Protocol):
+    """What a view needs from the session's SessionStatus (tasks/session.py)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def info_hash(self) -> bytes: ...
+    @property
+    def total_bytes(self) -> int: ...
+    @property
+    def verified_bytes(self) -> int: ...
+    @property
+    def download_rate(self) -> float: ...  # bytes/s
+    @property
+    def upload_rate(self) -> float: ...  # bytes/s
+    @property
+    def scheduler(self) -> SnapshotLike: ...
+    @property
+    def peers_connected(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...  # seconds since the download started
+    @property
+    def state(self) -> object: ...  # a string or an enum with a string value ("downloading", "seeding"...)
+
+
+class ResultLike(Protocol):
+    """What the end summary needs from the session's result of one torrent."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def total_bytes(self) -> int: ...  # size of what was wanted
+    @property
+    def downloaded_bytes(self) -> int: ...  # payload bytes received this run (for the average rate)
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def peers_used(self) -> int: ...  # distinct peers that sent at least one block
+    @property
+    def wasted_bytes(self) -> int: ...
+    @property
+    def hash_failures(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...  # None when the download completed
+
+
+class TrackerLike(Protocol):
+    """tasks/tracker.py TrackerStatus, as far as the live view reads it."""
+
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def peers_received(self) -> int: ...
+    @property
+    def seeders(self) -> int | None: ...
+    @property
+    def leechers(self) -> int | None: ...
+
+
+Poll = Callable[[], StatusLike]
+
+
+if TYPE_CHECKING:  # mypy checks that the scheduler's snapshot keeps the fields the views read
+
+    def _snapshot_conforms(s: SchedulerSnapshot) -> SnapshotLike:
+        return s
+
+    def _peer_conforms(p: PeerSnapshot) -> PeerLike:
+        return p
+
+
+# --- numbers shared by the views ------------------------------------------------------------------
+
+
+def fraction(done: int, total: int) -> float:
+    """done / total in [0, 1]; an empty download counts as complete."""
+    if total <= 0:
+        return 1.0
+    return min(max(done / total, 0.0), 1.0)
+
+
+def eta_seconds(status: StatusLike) -> float | None:
+    """Seconds left at the current download rate; None when unknown (no rate) and 0 when done."""
+    remaining = status.total_bytes - status.verified_bytes
+    if remaining <= 0:
+        return 0.0
+    if status.download_rate <= 0:
+        return None
+    return remaining / status.download_rate
+
+
+def state_text(state: object) -> str:
+    value = getattr(state, "value", state)
+    return str(value)
+
+
+def short_id(info_hash: bytes) -> str:
+    return info_hash.hex()[:PLAIN_ID_HEX_DIGITS]
+
+
+def peer_counts(snapshot: SnapshotLike) -> tuple[int, int]:
+    """(peers unchoking us, peers snubbed) among the scheduler's peers."""
+    unchoking = 0
+    snubbed = 0
+    for p in snapshot.peers:
+        if not p.peer_choking:
+            unchoking += 1
+        if p.snubbed:
+            snubbed += 1
+    return unchoking, snubbed
+
+
+def piece_states_of(status: StatusLike) -> bytes | None:
+    """The per-piece state bytes when the session or the snapshot provides them."""
+    for owner in (status, status.scheduler):
+        states = getattr(owner, "piece_states", None)
+        if isinstance(states, bytes | bytearray):
+            return bytes(states)
+    return None
+
+
+def peer_address(peer: PeerLike) -> str:
+    """'host:port' when the peer id is a (host, port) pair (IPv6 in brackets), else the IP."""
+    pid = peer.peer
+    if isinstance(pid, tuple) and len(pid) == 2 and isinstance(pid[0], str) and isinstance(pid[1], int):
+        host, port = pid
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return peer.ip
+
+
+def peer_client(status: StatusLike, peer: PeerLike) -> str:
+    client = getattr(peer, "client", None)
+    if isinstance(client, str):
+        return client
+    clients = getattr(status, "peer_clients", None)
+    if isinstance(clients, Mapping):
+        found = clients.get(peer.peer)
+        if isinstance(found, str):
+            return found
+    return ""
+
+
+def peer_flags(peer: PeerLike) -> str:
+    return "".join((
+        "I" if peer.am_interested else FLAG_UNSET,
+        "C" if peer.peer_choking else FLAG_UNSET,
+        "i" if peer.peer_interested else FLAG_UNSET,
+        "S" if peer.snubbed else FLAG_UNSET,
+        "W" if peer.slow_start else FLAG_UNSET,
+    ))
+
+
+def trackers_of(status: StatusLike) -> list[TrackerLike]:
+    raw = getattr(status, "trackers", None)
+    if raw is None:
+        return []
+    items: Iterable[object]
+    if isinstance(raw, Mapping):
+        items = raw.values()
+    elif isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
+        items = raw
+    else:
+        items = (raw,)
+    return [t for t in items if _is_tracker(t)]
+
+
+def _is_tracker(obj: object) -> bool:
+    return all(hasattr(obj, name) for name in ("last_error", "peers_received", "seeders", "leechers"))
+
+
+# --- the live view -------------------------------------------------------------------------------
+
+
+def _bar(frac: float, width: int) -> str:
+    filled = min(int(frac * width), width)
+    return BAR_DONE * filled + BAR_TODO * (width - filled)
+
+
+def gauge_cells(in_flight: int, to_disk: int, budget: int, width: int) -> tuple[int, int, int]:
+    """How many cells of a `width`-cell gauge show in-flight, to-disk and free budget."""
+    if budget <= 0:
+        return 0, 0, width
+    first = min(round(in_flight * width / budget), width)
+    both = min(round((in_flight + to_disk) * width / budget), width)
+    second = max(both - first, 0)
+    return first, second, width - first - second
+
+
+def render_status(status: StatusLike, config: Config, width: int, *, verbose: bool = False) -> Text:
+    """The live view as one pre-formatted Text (cheap to draw: no Table, no wrapping)."""
+    snap = status.scheduler
+    bar_width = config.display_bar_width
+    text = Text(no_wrap=True, overflow="crop", end="")
+
+    text.append(status.name, style="bold")
+    text.append(f"  {state_text(status.state)}  {format_duration(status.elapsed)}\n", style="dim")
+
+    frac = fraction(status.verified_bytes, status.total_bytes)
+    filled = min(int(frac * bar_width), bar_width)
+    text.append(BAR_DONE * filled, style="green")
+    text.append(BAR_TODO * (bar_width - filled), style="bright_black")
+    text.append(f" {frac * PERCENT:5.1f}%", style="bold")
+    text.append(f"  {format_size(status.verified_bytes)}/{format_size(status.total_bytes)}")
+    text.append(f"  ↓{format_rate(status.download_rate)}", style="green")
+    text.append(f" ↑{format_rate(status.upload_rate)}", style="cyan")
+    text.append(f"  ETA {format_duration(eta_seconds(status))}\n")
+
+    unchoking, snubbed = peer_counts(snap)
+    text.append("peers   ", style="dim")
+    text.append(f"{status.peers_connected} connected · {unchoking} unchoking us · {snubbed} snubbed\n")
+
+    in_flight, to_disk, budget = snap.bytes_in_flight, snap.bytes_waiting_for_disk, snap.budget
+    a, b, c = gauge_cells(in_flight, to_disk, budget, bar_width)
+    text.append("buffer  ", style="dim")
+    text.append(GAUGE_IN_FLIGHT * a, style="yellow")
+    text.append(GAUGE_TO_DISK * b, style="magenta")
+    text.append(GAUGE_FREE * c, style="bright_black")
+    used_pct = fraction(in_flight + to_disk, budget) * PERCENT
+    text.append(f" {format_size(in_flight)} in flight + {format_size(to_disk)} to disk"
+                f" / {format_size(budget)} ({used_pct:.0f}%)\n")
+
+    text.append("pieces  ", style="dim")
+    text.append(f"{snap.pieces_partial} partial · {snap.pieces_fully_requested} fully requested · "
+                f"{snap.pieces_awaiting_hash} awaiting hash · {snap.pieces_verified}/{snap.pieces_wanted} verified")
+    if snap.endgame:
+        text.append(f"  {ENDGAME_MARKER}", style="bold red")
+        text.append(f" wasted {format_size(snap.wasted_bytes)}")
+    elif snap.wasted_bytes:
+        text.append(f"  wasted {format_size(snap.wasted_bytes)}", style="dim")
+    if snap.hash_failures:
+        text.append(f"  {snap.hash_failures} hash failures", style="red")
+    text.append("\n")
+
+    states = piece_states_of(status)
+    if states is not None:
+        label = "map     "
+        text.append(label, style="dim")
+        for char, run in piecemap.piece_map_runs(states, max(width - len(label), 1)):
+            text.append(char * run, style=_MAP_STYLES[char])
+        text.append("\n")
+
+    for tracker in trackers_of(status):
+        text.append("tracker ", style="dim")
+        if tracker.last_error:
+            text.append(f"error: {tracker.last_error}", style="red")
+        else:
+            text.append(f"ok, {tracker.peers_received} peers received")
+        if tracker.seeders is not None or tracker.leechers is not None:
+            text.append(f" ({_count(tracker.seeders)} seeders, {_count(tracker.leechers)} leechers)")
+        text.append("\n")
+
+    if verbose:
+        _render_peers(text, status, config)
+    text.rstrip()
+    return text
+
+
+_MAP_STYLES = {
+    piecemap.COLUMN_DONE: "green",
+    piecemap.COLUMN_SOME: "green",
+    piecemap.COLUMN_ACTIVE: "yellow",
+    piecemap.COLUMN_MISSING: "bright_black",
+    piecemap.COLUMN_UNWANTED: "",
+}
+
+
+def _count(n: int | None) -> str:
+    return "?" if n is None else str(n)
+
+
+def _render_peers(text: Text, status: StatusLike, config: Config) -> None:
+    peers = sorted(status.scheduler.peers, key=lambda p: p.rate, reverse=True)
+    shown = peers[: config.peer_table_rows]
+    text.append(f"\n{'address':<{_ADDR_WIDTH}} {'client':<{_CLIENT_WIDTH}} flags "
+                f"{'out/lim':>{2 * _COUNT_WIDTH + 1}} {'rate':>{_RATE_WIDTH}}  why idle\n", style="bold")
+    for p in shown:
+        text.append(f"{peer_address(p):<{_ADDR_WIDTH}.{_ADDR_WIDTH}} "
+                    f"{peer_client(status, p):<{_CLIENT_WIDTH}.{_CLIENT_WIDTH}} ")
+        text.append(peer_flags(p), style="cyan")
+        text.append(f" {p.outstanding:>{_COUNT_WIDTH}}/{p.limit:<{_COUNT_WIDTH}} "
+                    f"{format_rate(p.rate):>{_RATE_WIDTH}}  ")
+        if p.idle_reason:
+            text.append(p.idle_reason, style="yellow")
+        elif p.oldest_request_age is not None:
+            text.append(f"oldest request {p.oldest_request_age:.1f}s of {p.request_timeout:.1f}s", style="dim")
+        text.append("\n")
+    hidden = len(peers) - len(shown)
+    if hidden > 0:
+        text.append(f"... {hidden} more peers\n", style="dim")
+    text.append(f"flags: {PEER_FLAGS_LEGEND}\n", style="dim")
+
+
+class RichDisplay:
+    """The live view on a terminal: redrawn about `Config.refresh_hz` times a second on stderr."""
+
+    def __init__(self, config: Config, *, verbose: bool = False, console: Console | None = None) -> None:
+        self._config = config
+        self._verbose = verbose
+        self.console = console if console is not None else Console(stderr=True)
+        self.refreshes = 0  # frames drawn by `run` (tests and diagnostics read it)
+
+    def render(self, status: StatusLike) -> Text:
+        return render_status(status, self._config, self.console.width, verbose=self._verbose)
+
+    async def run(self, poll: Poll) -> None:
+        """Redraw until cancelled; on cancellation the last frame stays on screen."""
+        period = 1.0 / self._config.refresh_hz
+        with Live(console=self.console, auto_refresh=False, transient=False,
+                  redirect_stdout=False, redirect_stderr=True) as live:
+            while True:
+                live.update(self.render(poll()), refresh=True)
+                self.refreshes += 1
+                await trio.sleep(period)
+
+    def finish(self, result: ResultLike) -> None:
+        lines = summary_lines(result)
+        style = "bold green" if result.error is None else "bold red"
+        self.console.print(Text(lines[0], style=style))
+        for line in lines[1:]:
+            self.console.print(Text(line))
+
+
+# --- plain lines ---------------------------------------------------------------------------------
+
+
+def plain_line(status: StatusLike) -> str:
+    """aria2c's status line shape: [#id done/total(pct%) CN:n DL:rate UL:rate ETA:t BUF:used/budget].
+
+    ETA is left out while it is unknown (no download rate), as aria2c does.
+    """
+    snap = status.scheduler
+    total = status.total_bytes
+    done = status.verified_bytes
+    pct = done * PERCENT // total if total > 0 else PERCENT
+    parts = [
+        f"#{short_id(status.info_hash)}",
+        f"{format_size(done)}/{format_size(total)}({pct}%)",
+        f"CN:{status.peers_connected}",
+        f"DL:{format_rate(status.download_rate)}",
+        f"UL:{format_rate(status.upload_rate)}",
+    ]
+    eta = eta_seconds(status)
+    if eta is not None:
+        parts.append(f"ETA:{format_duration(eta)}")
+    parts.append(f"BUF:{format_size(snap.bytes_in_flight + snap.bytes_waiting_for_disk)}/{format_size(snap.budget)}")
+    return "[" + " ".join(parts) + "]"
+
+
+def summary_lines(result: ResultLike) -> list[str]:
+    """The end summary: a headline, then size, time, average rate, peers used, waste, hash failures."""
+    elapsed = result.elapsed
+    average = result.downloaded_bytes / elapsed if elapsed > 0 else 0.0
+    if result.error is None:
+        head = f"Download complete: {result.name}"
+    else:
+        head = f"Download stopped: {result.name}: {result.error}"
+    stats = (f"size {format_size(result.total_bytes)} · time {format_duration(elapsed)} · "
+             f"average {format_rate(average)} · {result.peers_used} peers used · "
+             f"wasted {format_size(result.wasted_bytes)} · {result.hash_failures} hash failures")
+    return [head, stats]
+
+
+class PlainDisplay:
+    """Not a terminal: one status line on stderr every `Config.plain_interval` seconds."""
+
+    def __init__(self, config: Config, *, file: TextIO | None = None) -> None:
+        self._config = config
+        self._file = file if file is not None else sys.stderr
+        self.lines = 0  # status lines written
+
+    def _write(self, line: str) -> None:
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    async def run(self, poll: Poll) -> None:
+        while True:
+            await trio.sleep(self._config.plain_interval)
+            self._write(plain_line(poll()))
+            self.lines += 1
+
+    def finish(self, result: ResultLike) -> None:
+        for line in summary_lines(result):
+            self._write(line)
+
+
+# --- JSON lines ------------------------------------------------------------------------------------
+
+JSON_SCHEMA_VERSION = 1
+
+
+def progress_record(status: StatusLike) -> dict[str, object]:
+    """One `progress` record (docs/json.md lists and explains every field)."""
+    snap = status.scheduler
+    unchoking, snubbed = peer_counts(snap)
+    total, done = status.total_bytes, status.verified_bytes
+    return {
+        "event": "progress",
+        "schema": JSON_SCHEMA_VERSION,
+        "info_hash": status.info_hash.hex(),
+        "name": status.name,
+        "state": state_text(status.state),
+        "elapsed": status.elapsed,
+        "total_bytes": total,
+        "verified_bytes": done,
+        "progress": fraction(done, total),
+        "download_rate": status.download_rate,
+        "upload_rate": status.upload_rate,
+        "eta": eta_seconds(status),
+        "peers_connected": status.peers_connected,
+        "peers_unchoking": unchoking,
+        "peers_snubbed": snubbed,
+        "bytes_in_flight": snap.bytes_in_flight,
+        "bytes_waiting_for_disk": snap.bytes_waiting_for_disk,
+        "buffer_budget": snap.budget,
+        "pieces_partial": snap.pieces_partial,
+        "pieces_fully_requested": snap.pieces_fully_requested,
+        "pieces_awaiting_hash": snap.pieces_awaiting_hash,
+        "pieces_verified": snap.pieces_verified,
+        "pieces_wanted": snap.pieces_wanted,
+        "endgame": snap.endgame,
+        "wasted_bytes": snap.wasted_bytes,
+        "hash_failures": snap.hash_failures,
+    }
+
+
+def result_record(result: ResultLike) -> dict[str, object]:
+    """The final `result` record (docs/json.md)."""
+    info_hash = getattr(result, "info_hash", None)
+    elapsed = result.elapsed
+    return {
+        "event": "result",
+        "schema": JSON_SCHEMA_VERSION,
+        "info_hash": info_hash.hex() if isinstance(info_hash, bytes) else None,
+        "name": result.name,
+        "ok": result.error is None,
+        "error": result.error,
+        "total_bytes": result.total_bytes,
+        "downloaded_bytes": result.downloaded_bytes,
+        "elapsed": elapsed,
+        "average_rate": result.downloaded_bytes / elapsed if elapsed > 0 else 0.0,
+        "peers_used": result.peers_used,
+        "wasted_bytes": result.wasted_bytes,
+        "hash_failures": result.hash_failures,
+    }
+
+
+class JsonDisplay:
+    """--json: a `progress` record on stdout at once and every `Config.json_interval` seconds; one
+    `result` record at the end. One JSON object per line, flushed; nothing else goes to stdout."""
+
+    def __init__(self, config: Config, *, file: TextIO | None = None) -> None:
+        self._config = config
+        self._file = file if file is not None else sys.stdout
+        self.records = 0
+
+    def _write(self, record: dict[str, object]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        self._file.flush()
+        self.records += 1
+
+    async def run(self, poll: Poll) -> None:
+        while True:
+            self._write(progress_record(poll()))
+            await trio.sleep(self._config.json_interval)
+
+    def finish(self, result: ResultLike) -> None:
+        self._write(result_record(result))
+
+
+# --- quiet -----------------------------------------------------------------------------------------
+
+
+class QuietDisplay:
+    """--quiet: no progress and no summary; a failed download still gets its one error line."""
+
+    def __init__(self, *, file: TextIO | None = None) -> None:
+        self._file = file if file is not None else sys.stderr
+
+    async def run(self, poll: Poll) -> None:
+        await trio.sleep_forever()
+
+    def finish(self, result: ResultLike) -> None:
+        if result.error is not None:
+            self._file.write(f"{result.name}: {result.error}\n")
+            self._file.flush()
+
+
+# --- choosing --------------------------------------------------------------------------------------
+
+AnyDisplay = RichDisplay | PlainDisplay | JsonDisplay | QuietDisplay
+
+
+def make_display(
+    config: Config,
+    *,
+    json_output: bool = False,
+    quiet: bool = False,
+    verbose: bool = False,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> AnyDisplay:
+    """--json wins (stdout is for the records, stderr stays silent); then --quiet; then the live view
+    when stderr is a terminal, else plain lines."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    if json_output:
+        return JsonDisplay(config, file=out)
+    if quiet:
+        return QuietDisplay(file=err)
+    if _isatty(err):
+        return RichDisplay(config, verbose=verbose, console=Console(file=err))
+    return PlainDisplay(config, file=err)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream is not a terminal
+        return False
