@@ -148,6 +148,25 @@ class Config:
     # Default listen port range, first free one wins (as BitTorrent clients traditionally do).
     listen_port_min: int = 6881
     listen_port_max: int = 6999
+    # Facts waiting for the scheduler: bounded, so a busy scheduler pushes back on sockets and disk.
+    inbox_capacity: int = 1024
+    # Commands queued for one peer's writer; a full outbox means the peer stopped reading: drop it.
+    peer_outbox_capacity: int = 8192
+    # Largest receive from a peer socket: a few hundred KiB per wakeup keeps per-block overhead low.
+    peer_recv_size: int = 256 * KiB
+    # Requests from one peer queued for upload; more are rejected (fast) or ignored. Matches reqq.
+    upload_queue_per_peer: int = 500
+    # The scheduler gets a Tick this often (request deadlines, snubbing, rates, choking).
+    tick_interval: float = 0.5
+    # A finished peer task may wait this long to tell the scheduler it is gone (shutdown safety).
+    peer_gone_deadline: float = 1.0
+    # An address that failed to connect is retried after this long, doubling up to the max.
+    connect_retry_initial: float = 5.0
+    connect_retry_max: float = 300.0
+    # Rates shown and used by the choker are smoothed over about this many seconds.
+    rate_smoothing: float = 2.0
+    # Ctrl-C / SIGTERM: the session stops within this long (DESIGN: 2 s).
+    interrupt_grace: float = 2.0
 
     # --- storage (tasks/storage.py) ------------------------------------------------------------
     # Open file handles kept (LRU): far below the usual 1024-descriptor limit, leaving room for sockets.

@@ -1,0 +1,165 @@
+"""The connection manager of one torrent: which addresses we connect to, and every live link.
+
+Addresses come from trackers and `--peer`; `add_addresses` never blocks. The manager keeps at most
+Config.max_peers connections (outgoing and incoming together), connects with Config.connect_timeout,
+retries a failed address after Config.connect_retry_initial doubling to Config.connect_retry_max,
+tries addresses that worked before first, and never talks to a banned IP (any port).
+
+Every connection, ours or accepted, becomes a `PeerLink` registered in `links` (which the scheduler
+actor routes into) for as long as its `run_peer` task lives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Iterable
+
+import trio
+
+from jstorrent_cli.config import Config
+from jstorrent_cli.core.messages import PeerId
+from jstorrent_cli.tasks.peer import PeerLink, TorrentContext, run_peer
+
+log = logging.getLogger("jstorrent.connections")
+
+Address = tuple[str, int]
+
+
+@dataclasses.dataclass(slots=True)
+class _AddressState:
+    failures: int = 0
+    next_try: float = 0.0
+    worked: bool = False
+    busy: bool = False
+
+
+class ConnectionManager:
+    def __init__(
+        self,
+        ctx: TorrentContext,
+        config: Config,
+        *,
+        local_address: str | None = None,
+        own_addresses: Iterable[Address] = (),
+    ) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.local_address = local_address
+        self.links: dict[PeerId, PeerLink] = {}
+        self.banned: set[str] = set()
+        self.addresses: dict[Address, _AddressState] = {}
+        self.own = set(own_addresses)
+        self.peers_used: set[Address] = set()
+        self.downloaded_closed = 0  # payload bytes of links that ended
+        self.uploaded_closed = 0
+        self.connecting = 0
+        self.accepting = True  # False once the session is stopping
+        self._ids = itertools.count(1)
+        self._wake = trio.Event()
+
+    # -- calls that never block --
+
+    def add_addresses(self, addresses: Iterable[Address]) -> None:
+        added = False
+        for address in addresses:
+            if address not in self.addresses and address not in self.own:
+                self.addresses[address] = _AddressState()
+                added = True
+        if added:
+            self._wake.set()
+
+    def ban(self, ip: str) -> None:
+        self.banned.add(ip)
+
+    @property
+    def downloaded(self) -> int:
+        return self.downloaded_closed + sum(link.down.total for link in self.links.values())
+
+    @property
+    def uploaded(self) -> int:
+        return self.uploaded_closed + sum(link.up.total for link in self.links.values())
+
+    def _room(self) -> bool:
+        return len(self.links) + self.connecting < self.config.max_peers
+
+    # -- running connections --
+
+    async def _run_link(self, stream: trio.abc.Stream, ip: str, port: int, *, incoming: bool) -> PeerLink:
+        link = PeerLink(next(self._ids), ip, port, self.config, incoming=incoming, now=trio.current_time())
+        self.links[link.peer] = link
+        try:
+            await run_peer(stream, link, self.ctx)
+        finally:
+            del self.links[link.peer]
+            self.downloaded_closed += link.down.total
+            self.uploaded_closed += link.up.total
+            if link.down.total or link.up.total:
+                self.peers_used.add((ip, port))
+            self._wake.set()
+        return link
+
+    async def accept(self, stream: trio.SocketStream, ip: str, port: int) -> None:
+        """The listener's handler: take the connection if there is room and the IP is not banned."""
+        if not self.accepting or ip in self.banned or not self._room():
+            await trio.aclose_forcefully(stream)
+            return
+        await self._run_link(stream, ip, port, incoming=True)
+
+    async def _connect(self, address: Address, state: _AddressState) -> None:
+        host, port = address
+        worked = False
+        try:
+            stream: trio.SocketStream | None = None
+            with trio.move_on_after(self.config.connect_timeout):
+                try:
+                    stream = await trio.open_tcp_stream(host, port, local_address=self.local_address)
+                except OSError as err:
+                    log.debug("connect to %s:%s failed: %s", host, port, err)
+            if stream is None:
+                return
+            self.connecting -= 1
+            try:
+                link = await self._run_link(stream, host, port, incoming=False)
+            finally:
+                self.connecting += 1
+            worked = link.handshaken
+        finally:
+            self.connecting -= 1
+            state.busy = False
+            now = trio.current_time()
+            if worked:
+                state.worked = True
+                state.failures = 0
+                state.next_try = now + self.config.connect_retry_initial
+            else:
+                state.failures += 1
+                delay = self.config.connect_retry_initial * 2 ** (state.failures - 1)
+                state.next_try = now + min(delay, self.config.connect_retry_max)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Connect to known addresses while there is room, forever (until cancelled)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                ready = [
+                    (address, state)
+                    for address, state in self.addresses.items()
+                    if not state.busy and state.next_try <= now and address[0] not in self.banned
+                ]
+                ready.sort(key=lambda item: (not item[1].worked, item[1].failures))
+                for address, state in ready:
+                    if not self.accepting or not self._room():
+                        break
+                    state.busy = True
+                    self.connecting += 1
+                    nursery.start_soon(self._connect, address, state)
+                waiting = [
+                    s.next_try for a, s in self.addresses.items()
+                    if not s.busy and s.next_try > now and a[0] not in self.banned
+                ]
+                with trio.move_on_at(min(waiting) if waiting else float("inf")):
+                    await self._wake.wait()
+                self._wake = trio.Event()
