@@ -724,11 +724,11 @@ class Scheduler:
                 if peer is not None:
                     self._refill(peer)
         out = self._out
+        out.extend(self._tail)  # drops and bans first: their released blocks are in the requests below
         for peer_id, cancels in self._cancels.items():
             out.append(SendCancels(peer_id, tuple(cancels)))
         for peer_id, requests in self._requests.items():
             out.append(SendRequests(peer_id, tuple(requests)))
-        out.extend(self._tail)
         self._cancels = {}
         self._requests = {}
         self._tail = []
