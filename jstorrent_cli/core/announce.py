@@ -242,7 +242,10 @@ def _query_pairs(req: AnnounceRequest) -> list[tuple[str, str]]:
 
 
 def _append_query(url: str, pairs: Iterable[tuple[str, str]]) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as err:  # a torrent's URL is untrusted input too
+        raise TrackerError(f"bad tracker URL {url!r}: {err}") from None
     ours = "&".join(f"{name}={value}" for name, value in pairs)
     query = f"{parts.query}&{ours}" if parts.query else ours
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
@@ -252,7 +255,8 @@ def build_http_url(announce_url: str, req: AnnounceRequest) -> str:
     """The GET URL of an HTTP announce: the tracker's URL with our parameters appended.
 
     A query the tracker's URL already has (a passkey, say) is kept in front of ours; a fragment is
-    dropped. Binary info_hash and peer_id are percent-encoded byte by byte.
+    dropped. Binary info_hash and peer_id are percent-encoded byte by byte. A URL that cannot be
+    split raises TrackerError.
     """
     return _append_query(announce_url, _query_pairs(req))
 

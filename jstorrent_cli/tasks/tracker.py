@@ -114,7 +114,7 @@ async def announce_http(client: httpx.AsyncClient, url: str, req: AnnounceReques
             status, body = await _read_capped(client, target, config.max_tracker_response)
     except trio.TooSlowError:
         raise TrackerError(f"no answer within {config.tracker_timeout:g} s") from None
-    except (httpx.HTTPError, httpx.InvalidURL) as err:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as err:  # UnicodeError: a host IDNA refuses
         raise TrackerError(f"HTTP announce failed: {err or type(err).__name__}") from None
     if status != _HTTP_OK:
         try:
@@ -178,7 +178,7 @@ async def _exchange(
 async def _resolve_udp(host: str, port: int) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
-    except OSError as err:
+    except (OSError, UnicodeError) as err:  # UnicodeError: a host name IDNA refuses
         raise TrackerError(f"cannot resolve {host}: {err}") from None
     if not infos:
         raise TrackerError(f"cannot resolve {host}")
@@ -260,11 +260,15 @@ class TrackerClient:
         self._udp_states: dict[str, UdpTrackerState] = {}
 
     async def announce(self, url: str, req: AnnounceRequest) -> AnnounceResponse:
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            parts = urlsplit(url)
+        except ValueError as err:
+            raise TrackerError(f"bad tracker URL {url!r}: {err}") from None
+        scheme = parts.scheme.lower()
         if scheme in ("http", "https"):
             return await announce_http(self.http, url, req, self.config)
         if scheme == "udp":
-            netloc = urlsplit(url).netloc.lower()
+            netloc = parts.netloc.lower()
             state = self._udp_states.setdefault(netloc, UdpTrackerState(self.config))
             return await announce_udp(
                 url, req, self.config, state, randbytes=self.randbytes, local_host=self.udp_local_host
@@ -350,6 +354,7 @@ class Announcer:
         self._tracker_ids: dict[str, bytes] = {}
         self._wakeup = trio.Event()
         self._stopped = False
+        self._completed = False
 
     # -- calls from the session (never block) --
 
@@ -363,6 +368,9 @@ class Announcer:
     def download_completed(self) -> None:
         """The download finished: tell the tracker now (unless `started` never got through, in which
         case the pending `started` carries left=0 and says as much)."""
+        if self._completed:
+            return
+        self._completed = True
         if self._pending_event is not AnnounceEvent.STARTED:
             self._pending_event = AnnounceEvent.COMPLETED
             self._announce_now = True
@@ -400,14 +408,15 @@ class Announcer:
         self._announce_now = False
         self._dry_since = None
         for url in self.tiers.order():
+            sent = self._request_for(url, event)
             try:
-                response = await self._announce(url, self._request_for(url, event))
+                response = await self._announce(url, sent)
             except TrackerError as err:
                 log.warning("tracker %s: %s", url, err)
                 self.status.last_error = f"{url}: {err}"
                 self.status.last_error_at = trio.current_time()
                 continue
-            self._succeeded(url, event, response)
+            self._succeeded(url, sent, response)
             return True
         self.status.consecutive_failures += 1
         backoff = self._config.tracker_retry_initial * 2 ** (self.status.consecutive_failures - 1)
@@ -417,11 +426,15 @@ class Announcer:
             self.status.last_error = "no trackers"
         return False
 
-    def _succeeded(self, url: str, event: AnnounceEvent | None, response: AnnounceResponse) -> None:
+    def _succeeded(self, url: str, sent: AnnounceRequest, response: AnnounceResponse) -> None:
         now = trio.current_time()
         self.tiers.succeeded(url)
-        if self._pending_event is event:
+        if self._pending_event is sent.event:
             self._pending_event = None
+            if sent.event is AnnounceEvent.STARTED and self._completed and sent.left > 0:
+                # The download finished while `started` was on its way: say so now.
+                self._pending_event = AnnounceEvent.COMPLETED
+                self._announce_now = True
         if response.tracker_id is not None:
             self._tracker_ids[url] = response.tracker_id
         self._min_interval = response.min_interval or self._config.min_announce_interval

@@ -638,3 +638,107 @@ async def test_hostile_http_tracker_becomes_a_logged_error_and_a_retry(
     assert status.next_announce_at == pytest.approx(now + config.tracker_retry_initial, abs=1.0)
     assert status.consecutive_failures == 1
     assert server.url in caplog.text
+
+
+async def test_completed_during_an_in_flight_started_follows_it(autojump_clock: trio.testing.MockClock) -> None:
+    release = trio.Event()
+    left = 1000
+
+    async def slow_started(url: str, req: AnnounceRequest) -> AnnounceResponse:
+        calls.append((req.event, req.left, trio.current_time()))
+        if req.event is AnnounceEvent.STARTED:
+            await release.wait()
+        return AnnounceResponse(interval=1800.0, min_interval=None, peers=())
+
+    def current() -> AnnounceRequest:
+        return make_request(left=left)
+
+    calls: list[tuple[AnnounceEvent | None, int, float]] = []
+    announcer = Announcer(TrackerTiers([["t"]], random.Random(0)), slow_started, current, lambda p: None, CONFIG)
+    with trio.fail_after(10_000):
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(announcer.run)
+            await trio.sleep(5)  # `started` (left=1000) is on its way
+            left = 0
+            announcer.download_completed()
+            await trio.sleep(5)
+            release.set()
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    assert [(event, sent_left, round(at - start)) for event, sent_left, at in calls] == [
+        (AnnounceEvent.STARTED, 1000, 0),
+        (AnnounceEvent.COMPLETED, 0, 10),
+        (AnnounceEvent.STOPPED, 0, 15),
+    ]
+
+
+async def test_completed_before_started_got_through_sends_no_completed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeTrackers({"t": fail()})
+    left = 1000
+    tiers = TrackerTiers([["t"]], random.Random(0))
+    announcer = Announcer(tiers, fake.announce, lambda: make_request(left=left), lambda p: None, CONFIG)
+    with trio.fail_after(10_000):
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(announcer.run)
+            await trio.sleep(5)  # the first `started` failed; its retry is due at 15 s
+            left = 0
+            fake.behaviour["t"] = answer(interval=1800.0)
+            announcer.download_completed()  # the retried `started` carries left=0 and says it all
+            await trio.sleep(95)
+            nursery.cancel_scope.cancel()
+    assert [(c.event, round(c.at - start)) for c in fake.calls] == [
+        (AnnounceEvent.STARTED, 0),
+        (AnnounceEvent.STARTED, CONFIG.tracker_retry_initial),
+        (AnnounceEvent.STOPPED, 100),
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1/announce",
+        "udp://[::1:80",
+        "http://a..b/announce",
+        "udp://a..b:80/announce",
+        "udp://127.0.0.1:99999",
+        "http:///announce",
+        "ftp://tracker.example/announce",
+        "not a url at all",
+    ],
+)
+async def test_bad_tracker_urls_are_tracker_errors(url: str) -> None:
+    with trio.fail_after(10):
+        async with open_http_client(CONFIG, trust_env=False) as http:
+            with pytest.raises(TrackerError):
+                await TrackerClient(http, CONFIG).announce(url, make_request())
+
+
+@pytest.mark.parametrize(
+    "misbehaviour",
+    [
+        {"silent": True},
+        {"always_wrong_tid": True},
+        {"peers": b"\x00" * 5},
+        {"error_message": b"banned"},
+    ],
+    ids=["silent", "wrong-tid", "length", "error"],
+)
+async def test_hostile_udp_tracker_becomes_a_logged_error_and_a_retry(
+    misbehaviour: dict[str, object], autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="jstorrent.tracker"), trio.fail_after(100):
+        fake = FakeUdpTracker(**misbehaviour)  # type: ignore[arg-type]
+        async with udp_tracker(fake) as tracker, open_http_client(CONFIG, trust_env=False) as http:
+            client = TrackerClient(http, CONFIG)
+            tiers = TrackerTiers([[udp_url(tracker)]], random.Random(0))
+            announcer = Announcer(tiers, client.announce, make_request, lambda peers: None, CONFIG)
+            assert not await announcer.announce_once()
+            now = trio.current_time()
+    status = announcer.status
+    assert status.last_error is not None and status.last_error.startswith(udp_url(tracker))
+    assert status.next_announce_at == pytest.approx(now + CONFIG.tracker_retry_initial)
+    assert udp_url(tracker) in caplog.text
