@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import random
+import socket
 import struct
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -293,9 +294,10 @@ class FakeUdpTracker:
 
 
 @asynccontextmanager
-async def udp_tracker(tracker: FakeUdpTracker) -> AsyncIterator[FakeUdpTracker]:
-    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
-        await sock.bind((HOST, 0))
+async def udp_tracker(tracker: FakeUdpTracker, host: str = HOST) -> AsyncIterator[FakeUdpTracker]:
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    with trio.socket.socket(family, trio.socket.SOCK_DGRAM) as sock:
+        await sock.bind((host, 0))
         tracker.port = sock.getsockname()[1]
 
         async def serve() -> None:
@@ -329,6 +331,25 @@ async def test_udp_announce_connects_then_announces(autojump_clock: trio.testing
     assert (connection_id, action, info_hash, peer_id) == (0x1001, 1, INFO_HASH, PEER_ID)
     assert (event, key, numwant, port) == (2, 0xA1B2C3D4, 33, 51413)
     assert packet[98:] == b"\x02\x12/announce?auth=xyz"  # BEP 41 URLData
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback (::1) on this machine")
+async def test_udp_announce_over_ipv6_reads_18_byte_peers(autojump_clock: trio.testing.MockClock) -> None:
+    peers6 = bytes.fromhex("20010db8000000000000000000000001") + (6881).to_bytes(2, "big")
+    with trio.fail_after(60):
+        async with udp_tracker(FakeUdpTracker(peers=peers6), host="::1") as tracker:
+            url = f"udp://[::1]:{tracker.port}/announce"
+            response = await announce_udp(url, make_request(), CONFIG, UdpTrackerState(CONFIG))
+    assert response.peers == (("2001:db8::1", 6881),)
 
 
 async def test_udp_connection_id_is_reused_within_its_lifetime(autojump_clock: trio.testing.MockClock) -> None:
