@@ -240,13 +240,12 @@ async def test_http_silent_tracker_times_out_as_a_tracker_error() -> None:
 
 
 async def test_http_nobody_listening_is_a_tracker_error() -> None:
-    with trio.socket.socket() as probe:
+    with trio.fail_after(10), trio.socket.socket() as probe:
         await probe.bind((HOST, 0))
         port = probe.getsockname()[1]  # bound, never listening: connections are refused
-        with trio.fail_after(10):
-            async with open_http_client(CONFIG, trust_env=False) as client:
-                with pytest.raises(TrackerError):
-                    await announce_http(client, f"http://{HOST}:{port}/announce", make_request(), CONFIG)
+        async with open_http_client(CONFIG, trust_env=False) as client:
+            with pytest.raises(TrackerError):
+                await announce_http(client, f"http://{HOST}:{port}/announce", make_request(), CONFIG)
 
 
 # --- a small UDP tracker -------------------------------------------------------------------------
@@ -415,11 +414,11 @@ async def test_udp_peer_list_of_the_wrong_length(autojump_clock: trio.testing.Mo
 
 
 async def test_udp_port_closed_is_a_quick_tracker_error() -> None:
-    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as probe:
-        await probe.bind((HOST, 0))
-        port = probe.getsockname()[1]
     with trio.fail_after(5):  # ICMP port unreachable comes back at once; no schedule to wait out
-        with pytest.raises(TrackerError):
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as probe:
+            await probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
+        with pytest.raises(TrackerError, match="refused"):
             await announce_udp(f"udp://{HOST}:{port}", make_request(), CONFIG, UdpTrackerState(CONFIG))
 
 
