@@ -59,9 +59,15 @@ def assert_payload(root: Path, name: str, files: Sequence[FileSpec], *, single: 
         assert got == data, f"{path}: content differs"
 
 
+def random_bytes(rng: random.Random, size: int) -> bytes:
+    """Deterministic pseudo-random bytes of any size (randbytes overflows past ~256 MiB at once)."""
+    step = 1 << 24
+    return b"".join(rng.randbytes(min(step, size - i)) for i in range(0, size, step))
+
+
 def random_files(seed: int, sizes: Sequence[int]) -> list[FileSpec]:
     rng = random.Random(seed)
-    return [((f"dir{i % 3}", f"file{i}.bin"), rng.randbytes(size)) for i, size in enumerate(sizes)]
+    return [((f"dir{i % 3}", f"file{i}.bin"), random_bytes(rng, size)) for i, size in enumerate(sizes)]
 
 
 def free_port(host: str) -> int:
@@ -75,4 +81,4 @@ def free_port(host: str) -> int:
         return port
 
 
-__all__ = ["assert_payload", "build_torrent", "free_port", "random_files", "write_payload"]
+__all__ = ["assert_payload", "build_torrent", "free_port", "random_bytes", "random_files", "write_payload"]

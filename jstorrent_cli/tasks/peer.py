@@ -60,7 +60,7 @@ from jstorrent_cli.core.messages import (
     SendRequests,
     Unchoked,
 )
-from jstorrent_cli.errors import JsTorrentError, RemoteProtocolError, StorageError
+from jstorrent_cli.errors import RemoteProtocolError, StorageError
 
 log = logging.getLogger("jstorrent.peer")
 
@@ -416,6 +416,18 @@ class _Connection:
                 await self.send(bytes(out))
 
 
+# What ends a connection without ending anything else: the peer's faults, its socket, its silence.
+_CONNECTION_ERRORS = (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+                      OSError)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 async def run_peer(stream: trio.abc.Stream, link: PeerLink, ctx: TorrentContext) -> None:
     """Run one connection until it ends; never raises for the peer's faults. Sends PeerGone last."""
     conn = _Connection(stream, link, ctx)
@@ -426,15 +438,13 @@ async def run_peer(stream: trio.abc.Stream, link: PeerLink, ctx: TorrentContext)
                 nursery.start_soon(conn.writer)
                 nursery.start_soon(conn.uploader)
                 await conn.reader()
-    except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-            OSError) as err:
+    except* _CONNECTION_ERRORS as group:
+        err = _first_leaf(group)
         link.close_reason = link.close_reason or f"{type(err).__name__}: {err}"
         log.debug("peer %s:%s closed: %s", link.ip, link.port, link.close_reason)
-    except StorageError as err:  # reading a block to upload failed: drop this peer, not the session
-        link.close_reason = f"upload read failed: {err}"
-        log.warning("peer %s:%s: %s", link.ip, link.port, err)
-    except JsTorrentError as err:  # pragma: no cover - any other error of ours costs the connection only
-        link.close_reason = str(err)
+    except* StorageError as group:  # reading a block to upload failed: drop this peer, not the session
+        link.close_reason = f"upload read failed: {_first_leaf(group)}"
+        log.warning("peer %s:%s: %s", link.ip, link.port, link.close_reason)
     finally:
         link.outbox_receive.close()
         with trio.CancelScope(shield=True):
