@@ -1,0 +1,239 @@
+"""The resume state file: atomic replacement, tolerant loading, the saver's pace, trust after a touch."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import itertools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from jstorrent_cli.config import DEFAULT_CONFIG
+from jstorrent_cli.core import resume
+from jstorrent_cli.core.geometry import Geometry
+from jstorrent_cli.core.resume import FileStat, ResumeState, trusted_pieces
+from jstorrent_cli.errors import DiskFullError, StorageError
+from jstorrent_cli.tasks.resume_store import ResumeSaver, StateStore, stat_files, stat_files_sync
+
+DEADLINE = 10
+NAME = "movie"
+HASH = bytes(range(20))
+OTHER_HASH = bytes(20)
+
+
+def _state(pieces: range | set[int], count: int = 10) -> ResumeState:
+    return ResumeState.make(HASH, count, pieces, [FileStat(100, 5), None])
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def test_the_state_lives_hidden_inside_the_output_folder(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "out", NAME)
+    store.write_sync(resume.encode(_state(range(3))))
+    assert store.path == str((tmp_path / "out" / ".movie.jstorrent").resolve())
+    assert _listing(tmp_path / "out") == [".movie.jstorrent"]  # no temporary left behind
+    loaded = store.load_sync(info_hash=HASH, piece_count=10, file_count=2)
+    assert loaded.problem is None and loaded.state == _state(range(3))
+
+
+class Boom(Exception):
+    pass
+
+
+def _failing_rename(err: BaseException) -> Callable[..., None]:
+    def rename(*args: object, **kwargs: object) -> None:
+        raise err
+
+    return rename
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.EIO, "I/O error"), OSError(errno.ENOSPC, "full"), Boom()])
+def test_a_failure_between_write_and_rename_keeps_the_old_state_whole(tmp_path: Path, failure: BaseException) -> None:
+    StateStore(tmp_path, NAME).write_sync(resume.encode(_state(range(3))))
+    before = (tmp_path / ".movie.jstorrent").read_bytes()
+    broken = StateStore(tmp_path, NAME, rename=_failing_rename(failure))
+    expected: type[BaseException] = DiskFullError if getattr(failure, "errno", None) == errno.ENOSPC else (
+        StorageError if isinstance(failure, OSError) else Boom)
+    with pytest.raises(expected):
+        broken.write_sync(resume.encode(_state(range(10))))
+    assert (tmp_path / ".movie.jstorrent").read_bytes() == before
+    assert _listing(tmp_path) == [".movie.jstorrent"]
+    assert StateStore(tmp_path, NAME).load_sync(info_hash=HASH, piece_count=10, file_count=2).state == _state(range(3))
+
+
+def test_a_failing_fsync_never_replaces_the_state(tmp_path: Path) -> None:
+    StateStore(tmp_path, NAME).write_sync(resume.encode(_state(range(2))))
+    before = (tmp_path / ".movie.jstorrent").read_bytes()
+    renamed: list[object] = []
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    def rename(*args: object, **kwargs: object) -> None:
+        renamed.append(args)
+
+    with pytest.raises(StorageError):
+        StateStore(tmp_path, NAME, rename=rename, fsync=fsync).write_sync(resume.encode(_state(range(9))))
+    assert renamed == []  # the rename comes only after the data is durable
+    assert (tmp_path / ".movie.jstorrent").read_bytes() == before
+    assert _listing(tmp_path) == [".movie.jstorrent"]
+
+
+def test_a_stale_temporary_from_a_crash_is_ignored_and_overwritten(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, NAME)
+    store.write_sync(resume.encode(_state(range(4))))
+    (tmp_path / ".movie.jstorrent.tmp").write_bytes(b"half a sta")  # killed mid-write
+    assert store.load_sync(info_hash=HASH, piece_count=10, file_count=2).state == _state(range(4))
+    store.write_sync(resume.encode(_state(range(5))))
+    assert _listing(tmp_path) == [".movie.jstorrent"]
+    assert store.load_sync(info_hash=HASH, piece_count=10, file_count=2).state == _state(range(5))
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, None),  # absent: no state, nothing to report
+        (b"", "not bencode"),
+        (b"d6:format16:jstorrent resume7:versi", "not bencode"),  # truncated
+        (b"\x00\xffgarbage" * 10, "not bencode"),
+        (b"i5e", "not a dictionary"),
+    ],
+)
+def test_bad_state_files_are_no_state(tmp_path: Path, content: bytes | None, needle: str | None) -> None:
+    if content is not None:
+        (tmp_path / ".movie.jstorrent").write_bytes(content)
+    result = StateStore(tmp_path, NAME).load_sync(info_hash=HASH, piece_count=10, file_count=2)
+    assert result.state is None
+    assert (result.problem is None) if needle is None else (needle in (result.problem or ""))
+
+
+def test_every_truncation_of_a_real_state_is_no_state(tmp_path: Path) -> None:
+    data = resume.encode(_state({1, 5, 9}))
+    store = StateStore(tmp_path, NAME)
+    for cut in range(len(data)):
+        (tmp_path / ".movie.jstorrent").write_bytes(data[:cut])
+        result = store.load_sync(info_hash=HASH, piece_count=10, file_count=2)
+        assert result.state is None and result.problem
+
+
+def test_odd_things_at_the_state_path_are_no_state(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, NAME)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(resume.encode(_state(range(3))))
+    (tmp_path / ".movie.jstorrent").symlink_to(target)
+    result = store.load_sync(info_hash=HASH, piece_count=10, file_count=2)
+    assert result.state is None and result.problem  # a symlink is refused, never followed
+    (tmp_path / ".movie.jstorrent").unlink()
+    (tmp_path / ".movie.jstorrent").mkdir()
+    assert store.load_sync(info_hash=HASH, piece_count=10, file_count=2).state is None
+    small = StateStore(tmp_path / "small", NAME, dataclasses.replace(DEFAULT_CONFIG, resume_max_state_bytes=10))
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / ".movie.jstorrent").write_bytes(resume.encode(_state(range(3))))
+    result = small.load_sync(info_hash=HASH, piece_count=10, file_count=2)
+    assert result.state is None and "limit" in (result.problem or "")
+    assert StateStore(tmp_path / "missing", NAME).load_sync(info_hash=HASH, piece_count=10, file_count=2).state is None
+
+
+def test_a_state_of_another_torrent_is_no_state(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, NAME)
+    store.write_sync(resume.encode(_state(range(3))))
+    assert "another torrent" in (store.load_sync(info_hash=OTHER_HASH, piece_count=10, file_count=2).problem or "")
+    assert "another file layout" in (store.load_sync(info_hash=HASH, piece_count=11, file_count=2).problem or "")
+    assert "another file layout" in (store.load_sync(info_hash=HASH, piece_count=10, file_count=3).problem or "")
+
+
+def test_stat_files(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"12345")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    os.utime(tmp_path / "a", ns=(1, 123_456_789_012))
+    got = stat_files_sync(tmp_path, [("a",), ("missing",), ("d",), ("link",), None])
+    assert got == [FileStat(5, 123_456_789_012), None, None, None, None]
+
+
+# --- the saver ---------------------------------------------------------------------------------
+
+def _geometry() -> Geometry:
+    # Two files of 300 and 500 bytes, pieces of 200: file a in pieces 0-1, file b in pieces 1-3.
+    return Geometry.from_files([(300, False), (500, False)], 200, 100)
+
+
+def _make_files(root: Path) -> list[tuple[str, ...] | None]:
+    (root / "t").mkdir(parents=True, exist_ok=True)
+    (root / "t" / "a").write_bytes(b"a" * 300)
+    (root / "t" / "b").write_bytes(b"b" * 500)
+    return [("t", "a"), ("t", "b")]
+
+
+async def test_saver_writes_at_most_once_per_interval_and_at_exit(tmp_path: Path) -> None:
+    # The real clock (the saver hops to threads, which a mock clock would jump over), a short interval.
+    interval = 0.05
+    config = dataclasses.replace(DEFAULT_CONFIG, resume_save_interval=interval)
+    paths = _make_files(tmp_path)
+    verified: set[int] = set()
+    syncs: list[float] = []
+
+    async def sync() -> None:
+        syncs.append(trio.current_time())
+
+    store = StateStore(tmp_path, NAME)
+    saver = ResumeSaver(store, info_hash=HASH, geometry=_geometry(), root=tmp_path, paths=paths,
+                        verified=lambda: verified, sync=sync, config=config)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(saver.run)
+            start = trio.current_time()
+            for step in range(100):  # a change every interval / 10
+                verified.add(step % 4)
+                saver.note_change()
+                await trio.sleep(interval / 10)
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+    # One save per interval while changes keep coming, plus the final one at exit.
+    assert 2 <= saver.saves <= elapsed / interval + 2
+    # Saves while running are an interval apart at least (the final one at exit may come sooner).
+    assert all(b - a >= interval for a, b in itertools.pairwise(syncs[:-1]))
+    loaded = store.load_sync(info_hash=HASH, piece_count=4, file_count=2)
+    assert loaded.state is not None and loaded.state.verified_pieces() == {0, 1, 2, 3}
+    assert loaded.state.files == tuple(stat_files_sync(tmp_path, paths))
+
+
+async def test_saver_without_changes_writes_nothing(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    paths = _make_files(tmp_path)
+    saver = ResumeSaver(StateStore(tmp_path, NAME), info_hash=HASH, geometry=_geometry(), root=tmp_path,
+                        paths=paths, verified=set)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(saver.run)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    assert saver.saves == 0
+    assert not (tmp_path / ".movie.jstorrent").exists()
+
+
+async def test_a_touched_file_is_no_longer_trusted_after_a_restart(tmp_path: Path) -> None:
+    paths = _make_files(tmp_path)
+    geometry = _geometry()
+    store = StateStore(tmp_path, NAME)
+    saver = ResumeSaver(store, info_hash=HASH, geometry=geometry, root=tmp_path, paths=paths,
+                        verified=lambda: range(4))
+    with trio.fail_after(DEADLINE):
+        await saver.save()
+        loaded = await store.load(info_hash=HASH, piece_count=4, file_count=2)
+        assert loaded.state is not None
+        assert trusted_pieces(loaded.state, await stat_files(tmp_path, paths), geometry) == {0, 1, 2, 3}
+        # Touch file a: same size, mtime moved by a second.
+        info = os.stat(tmp_path / "t" / "a")
+        os.utime(tmp_path / "t" / "a", ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+        assert trusted_pieces(loaded.state, await stat_files(tmp_path, paths), geometry) == {2, 3}
+        # Grow file b: its pieces go too.
+        with open(tmp_path / "t" / "b", "ab") as f:
+            f.write(b"x")
+        assert trusted_pieces(loaded.state, await stat_files(tmp_path, paths), geometry) == set()
