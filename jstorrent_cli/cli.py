@@ -245,6 +245,65 @@ def create(
                f"of {format_size(t.piece_length)}, info hash {t.info_hash_hex}")
 
 
+def _peer_address(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"invalid --peer {text!r}: use HOST:PORT (e.g. 192.0.2.7:6881 or [2001:db8::1]:6881)")
+    return host, int(port_text)
+
+
+@cli.command()
+@click.argument("torrent_file", metavar="FILE.torrent")
+@click.option("-d", "--dir", "out_dir", default=".", show_default=True, help="Folder to download into.")
+@click.option("--peer", "peers", multiple=True, help="Connect to this peer (HOST:PORT); repeatable.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Listening port (default: the first free one in 6881-6999).")
+@click.option("--listen", "listen", default=None, help="Address to listen on and connect from (default: all).")
+@click.option("--max-peers", type=click.IntRange(1), default=DEFAULT_CONFIG.max_peers, show_default=True,
+              help="Most connected peers.")
+@click.option("--max-buffer", default=None,
+              help="Unflushed-data budget: requested plus not yet written bytes (default 64M).")
+@click.option("--seed-time", type=click.FloatRange(0), default=None, help="Keep seeding this many minutes.")
+@click.option("--seed-ratio", type=click.FloatRange(0), default=None,
+              help="Keep seeding until uploaded / size reaches this ratio.")
+@click.option("--max-upload-limit", default=None, help="Upload rate limit per second, e.g. 500K (default none).")
+@click.option("--max-download-limit", default=None, help="Download rate limit per second, e.g. 2M (default none).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout: progress records and a final result.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the peer table in the live view.")
+def get(
+    torrent_file: str, out_dir: str, peers: tuple[str, ...], port: int | None, listen: str | None, max_peers: int,
+    max_buffer: str | None, seed_time: float | None, seed_ratio: float | None, max_upload_limit: str | None,
+    max_download_limit: str | None, quiet: bool, as_json: bool, verbose: bool,
+) -> int:
+    """Download a torrent (and seed it while it runs)."""
+    import dataclasses
+    import functools
+
+    from jstorrent_cli.tasks import session
+    from jstorrent_cli.ui.display import make_display
+
+    torrent = read_torrent_file(torrent_file)
+    addresses = [_peer_address(p) for p in peers]
+    config = dataclasses.replace(DEFAULT_CONFIG, max_peers=max_peers)
+    if max_buffer is not None:
+        config = dataclasses.replace(config, max_unflushed_bytes=parse_size(max_buffer, what="--max-buffer"))
+    if max_upload_limit is not None:
+        config = dataclasses.replace(config, max_upload_rate=parse_size(max_upload_limit, what="--max-upload-limit"))
+    if max_download_limit is not None:
+        config = dataclasses.replace(
+            config, max_download_rate=parse_size(max_download_limit, what="--max-download-limit"))
+    display = make_display(config, json_output=as_json, quiet=quiet, verbose=verbose)
+    result = trio.run(functools.partial(
+        session.run, config, torrent, out_dir, peers=addresses, display=display, listen_host=listen, port=port,
+        seed_time=seed_time * 60 if seed_time is not None else None, seed_ratio=seed_ratio, handle_signals=True,
+    ))
+    if result.exception is not None and not quiet and not as_json:
+        click.echo(f"jstorrent: {result.error}", err=True)
+    return result.exit_status
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 

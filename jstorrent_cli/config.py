@@ -167,6 +167,11 @@ class Config:
     rate_smoothing: float = 2.0
     # Ctrl-C / SIGTERM: the session stops within this long (DESIGN: 2 s).
     interrupt_grace: float = 2.0
+    # Rate limits in bytes/s (0: none): --max-upload-limit / --max-download-limit (token buckets).
+    max_upload_rate: int = 0
+    max_download_rate: int = 0
+    # A limited bucket holds at most this many seconds of its rate (the largest burst allowed).
+    rate_limit_burst: float = 1.0
 
     # --- storage (tasks/storage.py) ------------------------------------------------------------
     # Open file handles kept (LRU): far below the usual 1024-descriptor limit, leaving room for sockets.

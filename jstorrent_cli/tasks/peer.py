@@ -110,6 +110,32 @@ class RateMeter:
         return self.rate
 
 
+class TokenBucket:
+    """A rate limit shared by connections: `await take(n)` returns once n bytes fit the rate.
+
+    Tokens refill at `rate` bytes/s up to `rate x burst` seconds' worth; a taker may drive the
+    balance negative and then sleeps off its own debt, so concurrent takers queue fairly.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0:
+            raise ValueError("a token bucket needs a positive rate")
+        self.rate = rate
+        self.capacity = rate * burst
+        self.tokens = self.capacity
+        self._last = now
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    async def take(self, n: int) -> None:
+        self._refill(trio.current_time())
+        self.tokens -= n
+        if self.tokens < 0:
+            await trio.sleep(-self.tokens / self.rate)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TorrentContext:
     """What every connection of one torrent shares (the session owns it).
@@ -127,6 +153,8 @@ class TorrentContext:
     have: bytearray
     inbox: trio.MemorySendChannel[Fact]
     read_block: Callable[[int, int, int], Awaitable[bytes]]
+    upload_limit: TokenBucket | None = None  # --max-upload-limit, shared by every connection
+    download_limit: TokenBucket | None = None  # --max-download-limit, charged when requests go out
 
     def has_piece(self, index: int) -> bool:
         return bool(self.have[index >> 3] & (0x80 >> (index & 7)))
@@ -350,6 +378,8 @@ class _Connection:
             ref = next(iter(self.queued))
             del self.queued[ref]
             piece, begin, length = ref
+            if self.ctx.upload_limit is not None:
+                await self.ctx.upload_limit.take(length)
             data = await self.ctx.read_block(piece, begin, length)
             if proto.am_choking:
                 continue  # choked while reading: the request was dropped (or rejected) by the choke
@@ -404,6 +434,11 @@ class _Connection:
                     items.append(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            limit = self.ctx.download_limit
+            if limit is not None:
+                requested = sum(ref[2] for item in items if isinstance(item, SendRequests) for ref in item.requests)
+                if requested:
+                    await limit.take(requested)
             out = bytearray()
             for item in items:
                 if isinstance(item, ClosePeer):

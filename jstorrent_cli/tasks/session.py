@@ -31,7 +31,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 import trio
 
@@ -39,13 +39,13 @@ from jstorrent_cli.config import Config
 from jstorrent_cli.core.announce import AnnounceRequest, make_key, make_peer_id
 from jstorrent_cli.core.choker import Choker
 from jstorrent_cli.core.geometry import Geometry
-from jstorrent_cli.core.messages import BlocksWritten, Fact, PieceHashed, ReceivedBlock
+from jstorrent_cli.core.messages import BlocksWritten, Fact, PeerId, PieceHashed, ReceivedBlock
 from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
 from jstorrent_cli.errors import ExitStatus, JsTorrentError
 from jstorrent_cli.tasks import listener as listener_mod
 from jstorrent_cli.tasks.connections import Address, ConnectionManager
-from jstorrent_cli.tasks.peer import TorrentContext
+from jstorrent_cli.tasks.peer import TokenBucket, TorrentContext
 from jstorrent_cli.tasks.scheduler_task import SchedulerActor, ticker
 from jstorrent_cli.tasks.storage import Storage, storage_files
 from jstorrent_cli.tasks.tracker import (
@@ -55,6 +55,7 @@ from jstorrent_cli.tasks.tracker import (
     TrackerTiers,
     open_http_client,
 )
+from jstorrent_cli.ui import piecemap
 from jstorrent_cli.ui.format import format_rate, format_size
 
 log = logging.getLogger("jstorrent.session")
@@ -70,16 +71,19 @@ class SessionState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionStatus:
-    """What a display polls: one consistent picture of the session."""
+    """What a display polls: one consistent picture of the session (ui/display.py's StatusLike)."""
 
     name: str
+    info_hash: bytes
     total_bytes: int
     verified_bytes: int
-    download_rate: float  # bytes/s, smoothed, all peers
+    download_rate: float  # bytes/s, smoothed, all peers, measured at the sockets
     upload_rate: float
     downloaded_bytes: int  # payload received so far
     uploaded_bytes: int
-    snapshot: SchedulerSnapshot | None  # None while checking
+    scheduler: SchedulerSnapshot  # an empty one while checking
+    piece_states: bytes  # one byte per piece, ui/piecemap.py's MISSING / IN_FLIGHT / VERIFIED / UNWANTED
+    peer_clients: dict[PeerId, str]  # client names from extended handshakes
     peers_connected: int
     trackers: tuple[TrackerStatus, ...]
     elapsed: float
@@ -90,8 +94,11 @@ class SessionStatus:
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionResult:
     status: str  # "ok", "error" or "interrupted"
-    error: JsTorrentError | None
+    error: str | None  # the one line shown; None when the download completed
+    exception: JsTorrentError | None  # the error itself (its exit status), when status is "error"
     name: str
+    info_hash: bytes
+    state: SessionState
     total_bytes: int
     verified_bytes: int
     downloaded_bytes: int
@@ -109,26 +116,7 @@ class SessionResult:
             return int(ExitStatus.OK)
         if self.status == "interrupted":
             return int(ExitStatus.INTERRUPTED)
-        return int(self.error.exit_status if self.error is not None else ExitStatus.UNKNOWN)
-
-    def record(self) -> dict[str, Any]:
-        """The JSON shape of the final result."""
-        return {
-            "status": self.status,
-            "error": str(self.error) if self.error is not None else None,
-            "exit_status": self.exit_status,
-            "name": self.name,
-            "total_bytes": self.total_bytes,
-            "verified_bytes": self.verified_bytes,
-            "downloaded_bytes": self.downloaded_bytes,
-            "uploaded_bytes": self.uploaded_bytes,
-            "elapsed": round(self.elapsed, 3),
-            "download_time": round(self.download_time, 3),
-            "average_rate": round(self.average_rate, 1),
-            "peers_used": self.peers_used,
-            "wasted_bytes": self.wasted_bytes,
-            "hash_failures": self.hash_failures,
-        }
+        return int(self.exception.exit_status if self.exception is not None else ExitStatus.UNKNOWN)
 
 
 class Display(Protocol):
@@ -241,6 +229,12 @@ class _Session:
         self.have = bytearray((torrent.piece_count + 7) // 8)
         self.initial_verified_bytes = 0
         self.key = make_key(secrets.token_bytes)
+        self.empty_snapshot = SchedulerSnapshot(
+            peers=(), bytes_in_flight=0, bytes_waiting_for_disk=0, budget=config.max_unflushed_bytes,
+            pieces_missing=torrent.piece_count, pieces_partial=0, pieces_fully_requested=0, pieces_awaiting_hash=0,
+            pieces_verified=0, pieces_wanted=torrent.piece_count, free_blocks=0, endgame=False, wasted_bytes=0,
+            hash_failures=0, banned_ips=frozenset(), done_bytes=0, total_bytes=torrent.total_length, finished=False,
+        )
 
     # -- hooks for the scheduler actor --
 
@@ -277,15 +271,26 @@ class _Session:
     def status(self) -> SessionStatus:
         manager = self.manager
         links = list(manager.links.values()) if manager is not None else []
+        scheduler = self.scheduler
+        if scheduler is not None:
+            picker = scheduler.picker
+            snapshot = scheduler.snapshot()
+            states = piecemap.build_piece_states(picker.verified, picker.wanted, picker.active)
+        else:
+            snapshot = self.empty_snapshot
+            states = bytes(self.torrent.piece_count)
         return SessionStatus(
             name=self.torrent.name,
+            info_hash=self.torrent.info_hash,
             total_bytes=self.torrent.total_length,
             verified_bytes=self.verified_bytes(),
             download_rate=sum(link.down.rate for link in links),
             upload_rate=sum(link.up.rate for link in links),
             downloaded_bytes=manager.downloaded if manager is not None else 0,
             uploaded_bytes=manager.uploaded if manager is not None else 0,
-            snapshot=self.scheduler.snapshot() if self.scheduler is not None else None,
+            scheduler=snapshot,
+            piece_states=states,
+            peer_clients={link.peer: link.client for link in links if link.client},
             peers_connected=sum(1 for link in links if link.handshaken),
             trackers=(self.announcer.status,) if self.announcer is not None else (),
             elapsed=trio.current_time() - self.started_at,
@@ -411,6 +416,11 @@ class _Session:
         await self.stop.wait()
         scope.cancel()
 
+    def _bucket(self, rate: int) -> TokenBucket | None:
+        if rate <= 0:
+            return None
+        return TokenBucket(rate, self.config.rate_limit_burst, trio.current_time())
+
     async def _transfer(self, storage: Storage, have: list[bool], task_status: trio.TaskStatus[int]) -> None:
         config = self.config
         torrent = self.torrent
@@ -431,6 +441,7 @@ class _Session:
             info_hash=torrent.info_hash, our_peer_id=self.peer_id, num_pieces=n,
             piece_length=torrent.piece_length, total_length=torrent.total_length, config=config,
             have=self.have, inbox=inbox_send, read_block=storage.read_block,
+            upload_limit=self._bucket(config.max_upload_rate), download_limit=self._bucket(config.max_download_rate),
         )
         listeners = await listener_mod.open_listeners(config, self.listen_host, self.port)
         self.listen_port = listener_mod.listening_port(listeners)
@@ -491,8 +502,11 @@ class _Session:
             status = "ok"
         return SessionResult(
             status=status,
-            error=error,
+            error=str(error) if error is not None else ("interrupted" if status == "interrupted" else None),
+            exception=error,
             name=self.torrent.name,
+            info_hash=self.torrent.info_hash,
+            state=self.state,
             total_bytes=self.torrent.total_length,
             verified_bytes=self.verified_bytes(),
             downloaded_bytes=downloaded,
