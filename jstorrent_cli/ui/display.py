@@ -316,8 +316,22 @@ def render_status(status: StatusLike, config: Config, width: int, *, verbose: bo
     bar_width = config.display_bar_width
     text = Text(no_wrap=True, overflow="crop", end="")
 
-    text.append(status.name, style="bold")
-    text.append(f"  {state_text(status.state)}  {format_duration(status.elapsed)}\n", style="dim")
+    # Header: name, state, time, then the endgame marker, waste and hash failures (the name gives way).
+    tail = f"  {state_text(status.state)}  {format_duration(status.elapsed)}"
+    marks: list[tuple[str, str]] = []
+    if snap.endgame:
+        marks.append((f"  {ENDGAME_MARKER}", "bold red"))
+        marks.append((f" wasted {format_size(snap.wasted_bytes)}", ""))
+    elif snap.wasted_bytes:
+        marks.append((f"  wasted {format_size(snap.wasted_bytes)}", "dim"))
+    if snap.hash_failures:
+        marks.append((f"  {snap.hash_failures} hash failures", "red"))
+    room = width - len(tail) - sum(len(m) for m, _ in marks)
+    text.append(_fit(status.name, room), style="bold")
+    text.append(tail, style="dim")
+    for mark, style in marks:
+        text.append(mark, style=style)
+    text.append("\n")
 
     frac = fraction(status.verified_bytes, status.total_bytes)
     filled = min(int(frac * bar_width), bar_width)
@@ -345,15 +359,7 @@ def render_status(status: StatusLike, config: Config, width: int, *, verbose: bo
 
     text.append("pieces  ", style="dim")
     text.append(f"{snap.pieces_partial} partial · {snap.pieces_fully_requested} fully requested · "
-                f"{snap.pieces_awaiting_hash} awaiting hash · {snap.pieces_verified}/{snap.pieces_wanted} verified")
-    if snap.endgame:
-        text.append(f"  {ENDGAME_MARKER}", style="bold red")
-        text.append(f" wasted {format_size(snap.wasted_bytes)}")
-    elif snap.wasted_bytes:
-        text.append(f"  wasted {format_size(snap.wasted_bytes)}", style="dim")
-    if snap.hash_failures:
-        text.append(f"  {snap.hash_failures} hash failures", style="red")
-    text.append("\n")
+                f"{snap.pieces_awaiting_hash} awaiting hash · {snap.pieces_verified}/{snap.pieces_wanted} verified\n")
 
     states = piece_states_of(status)
     if states is not None:
@@ -388,6 +394,13 @@ _MAP_STYLES = {
 }
 
 
+def _fit(name: str, room: int) -> str:
+    """`name` cut to `room` characters with an ellipsis (at least one character stays)."""
+    if len(name) <= room:
+        return name
+    return name[: max(room - 1, 1)] + "…"
+
+
 def _count(n: int | None) -> str:
     return "?" if n is None else str(n)
 
@@ -397,17 +410,19 @@ def _render_peers(text: Text, status: StatusLike, config: Config) -> None:
     shown = peers[: config.peer_table_rows]
     text.append(f"\n{'address':<{_ADDR_WIDTH}} {'client':<{_CLIENT_WIDTH}} flags "
                 f"{'out/lim':>{2 * _COUNT_WIDTH + 1}} {'rate':>{_RATE_WIDTH}}  why idle\n", style="bold")
+    rows: list[str] = []
     for p in shown:
-        text.append(f"{peer_address(p):<{_ADDR_WIDTH}.{_ADDR_WIDTH}} "
-                    f"{peer_client(status, p):<{_CLIENT_WIDTH}.{_CLIENT_WIDTH}} ")
-        text.append(peer_flags(p), style="cyan")
-        text.append(f" {p.outstanding:>{_COUNT_WIDTH}}/{p.limit:<{_COUNT_WIDTH}} "
-                    f"{format_rate(p.rate):>{_RATE_WIDTH}}  ")
         if p.idle_reason:
-            text.append(p.idle_reason, style="yellow")
+            note = p.idle_reason
         elif p.oldest_request_age is not None:
-            text.append(f"oldest request {p.oldest_request_age:.1f}s of {p.request_timeout:.1f}s", style="dim")
-        text.append("\n")
+            note = f"oldest request {p.oldest_request_age:.1f}s of {p.request_timeout:.1f}s"
+        else:
+            note = ""
+        rows.append(f"{peer_address(p):<{_ADDR_WIDTH}.{_ADDR_WIDTH}} "
+                    f"{peer_client(status, p):<{_CLIENT_WIDTH}.{_CLIENT_WIDTH}} {peer_flags(p)} "
+                    f"{p.outstanding:>{_COUNT_WIDTH}}/{p.limit:<{_COUNT_WIDTH}} "
+                    f"{format_rate(p.rate):>{_RATE_WIDTH}}  {note}\n")
+    text.append("".join(rows))  # one unstyled run: spans are what rich's drawing pays for
     hidden = len(peers) - len(shown)
     if hidden > 0:
         text.append(f"... {hidden} more peers\n", style="dim")
@@ -510,6 +525,15 @@ class PlainDisplay:
 # --- JSON lines ------------------------------------------------------------------------------------
 
 JSON_SCHEMA_VERSION = 1
+# Decimal places kept in JSON numbers: milliseconds for times, a millionth for progress, a tenth of a
+# second for the ETA (rates are whole bytes per second). Formats, not limits.
+_TIME_DIGITS = 3
+_PROGRESS_DIGITS = 6
+_ETA_DIGITS = 1
+
+
+def _eta_json(eta: float | None) -> float | None:
+    return None if eta is None else round(eta, _ETA_DIGITS)
 
 
 def progress_record(status: StatusLike) -> dict[str, object]:
@@ -523,13 +547,13 @@ def progress_record(status: StatusLike) -> dict[str, object]:
         "info_hash": status.info_hash.hex(),
         "name": status.name,
         "state": state_text(status.state),
-        "elapsed": status.elapsed,
+        "elapsed": round(status.elapsed, _TIME_DIGITS),
         "total_bytes": total,
         "verified_bytes": done,
-        "progress": fraction(done, total),
-        "download_rate": status.download_rate,
-        "upload_rate": status.upload_rate,
-        "eta": eta_seconds(status),
+        "progress": round(fraction(done, total), _PROGRESS_DIGITS),
+        "download_rate": round(status.download_rate),
+        "upload_rate": round(status.upload_rate),
+        "eta": _eta_json(eta_seconds(status)),
         "peers_connected": status.peers_connected,
         "peers_unchoking": unchoking,
         "peers_snubbed": snubbed,
@@ -560,8 +584,8 @@ def result_record(result: ResultLike) -> dict[str, object]:
         "error": result.error,
         "total_bytes": result.total_bytes,
         "downloaded_bytes": result.downloaded_bytes,
-        "elapsed": elapsed,
-        "average_rate": result.downloaded_bytes / elapsed if elapsed > 0 else 0.0,
+        "elapsed": round(elapsed, _TIME_DIGITS),
+        "average_rate": round(result.downloaded_bytes / elapsed) if elapsed > 0 else 0,
         "peers_used": result.peers_used,
         "wasted_bytes": result.wasted_bytes,
         "hash_failures": result.hash_failures,

@@ -27,9 +27,12 @@ COLUMN_MISSING = "·"  # nothing verified, nothing in flight
 COLUMN_UNWANTED = " "  # only pieces we do not download
 
 _MISSING_B = bytes([MISSING])
+_ZERO = b"\x00"
 _IN_FLIGHT_B = bytes([IN_FLIGHT])
 _VERIFIED_B = bytes([VERIFIED])
 _UNWANTED_B = bytes([UNWANTED])
+# The picker's 0/1 `verified` byte -> MISSING / VERIFIED (bytes.translate wants a 256-entry table).
+_VERIFIED_TO_STATE = bytes([MISSING, VERIFIED]) + bytes(254)
 
 
 def build_piece_states(verified: bytes | bytearray, wanted: bytes | bytearray, active: Iterable[int]) -> bytes:
@@ -43,17 +46,25 @@ def build_piece_states(verified: bytes | bytearray, wanted: bytes | bytearray, a
         raise ValueError("verified and wanted must have one byte per piece")
     if n == 0:
         return b""
+    if _ZERO not in wanted:  # everything wanted (the usual case): one translate
+        states = bytearray(verified.translate(_VERIFIED_TO_STATE))
+    else:
+        states = bytearray(_with_unwanted(verified, wanted))
+    for piece in active:
+        if states[piece] == MISSING:
+            states[piece] = IN_FLIGHT
+    return bytes(states)
+
+
+def _with_unwanted(verified: bytes | bytearray, wanted: bytes | bytearray) -> bytes:
+    n = len(verified)
     # Each byte is a base-256 digit of 0 or 1, so bitwise and small multiples never carry.
     v = int.from_bytes(verified, "big")
     w = int.from_bytes(wanted, "big")
     ones = int.from_bytes(b"\x01" * n, "big")
     unwanted_unverified = (ones - w) & (ones - v)
     code = VERIFIED * v + UNWANTED * unwanted_unverified  # MISSING is 0: everything else
-    states = bytearray(code.to_bytes(n, "big"))
-    for piece in active:
-        if states[piece] == MISSING:
-            states[piece] = IN_FLIGHT
-    return bytes(states)
+    return code.to_bytes(n, "big")
 
 
 def column_bounds(num_pieces: int, width: int) -> list[tuple[int, int]]:
