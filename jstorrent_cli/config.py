@@ -186,14 +186,6 @@ class Config:
     # Read-back for hashing goes in slices of this size, so a 256 MiB piece never sits in memory.
     hash_read_size: int = 1 * MiB
 
-    # --- display (ui/) ---------------------------------------------------------------------------
-    # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.
-    refresh_hz: float = 4.0
-    # Plain-line view: one status line this often (seconds).
-    plain_interval: float = 5.0
-
-
-DEFAULT_CONFIG = Config()
     # --- resume, verify, selection (core/resume.py, tasks/resume_store.py, tasks/verify.py) -----
     # The resume state is rewritten at most this often (s): bounds fsync load, loses <= 1 s of work.
     resume_save_interval: float = 1.0
@@ -205,3 +197,17 @@ DEFAULT_CONFIG = Config()
     # pieces would otherwise pay a thread hop each; 4 MiB is ~2 ms of SHA-1).
     verify_batch_bytes: int = 4 * MiB
 
+    # --- display (ui/) ---------------------------------------------------------------------------
+    # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.
+    refresh_hz: float = 4.0
+    # Plain-line view: one status line this often (seconds).
+    plain_interval: float = 5.0
+    # --json: one progress record this often (seconds); scripts want steady ticks, not a flood.
+    json_interval: float = 1.0
+    # Width in characters of the live view's progress bar and buffer gauge: fits an 80-column terminal.
+    display_bar_width: int = 30
+    # Most rows in the -v peer table (fastest first): max_peers by default, so nobody is hidden.
+    peer_table_rows: int = 50
+
+
+DEFAULT_CONFIG = Config()
