@@ -1,0 +1,202 @@
+"""One peer connection (tasks/peer.py) against a scripted remote peer over trio's in-memory streams."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+import trio.testing
+
+from jstorrent_cli.config import DEFAULT_CONFIG, KiB
+from jstorrent_cli.core import wire
+from jstorrent_cli.core.messages import (
+    BlocksReceived,
+    Fact,
+    PeerGone,
+    PeerInterested,
+    PeerJoined,
+    SendHave,
+    SendRequests,
+)
+from jstorrent_cli.tasks.peer import PeerLink, SetChoking, TorrentContext, run_peer
+
+DEADLINE = 10
+INFO_HASH = hashlib.sha1(b"torrent").digest()
+OUR_ID = b"-JS0100-" + b"o" * 12
+THEIR_ID = b"-LT2110-" + b"t" * 12
+PIECE_LENGTH = 32 * KiB
+NUM_PIECES = 4
+TOTAL = PIECE_LENGTH * NUM_PIECES - 100
+CONTENT = bytes(range(256)) * (TOTAL // 256 + 1)
+
+
+class Remote:
+    """The other end: a PeerProtocol speaking through a memory stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.proto = wire.PeerProtocol(INFO_HASH, THEIR_ID, NUM_PIECES, PIECE_LENGTH, TOTAL)
+        self.messages: list[wire.Message] = []
+
+    async def send(self, *messages: wire.Message) -> None:
+        await self.stream.send_all(b"".join(self.proto.send(m) for m in messages))
+
+    async def next_message(self, kind: type | None = None) -> wire.Message:
+        while True:
+            while self.messages:
+                msg = self.messages.pop(0)
+                if kind is None or isinstance(msg, kind):
+                    return msg
+            data = await self.stream.receive_some(65536)
+            assert data, "our side closed the connection"
+            self.messages.extend(self.proto.receive_data(data))
+
+    async def handshake(self, *, reqq: int | None = 7, first: wire.Message | None = None) -> wire.Handshake:
+        await self.stream.send_all(self.proto.send_handshake())
+        hs = await self.next_message(wire.Handshake)
+        assert isinstance(hs, wire.Handshake)
+        await self.send(wire.ExtendedHandshake(v="remote 1.0", reqq=reqq))
+        if first is not None:
+            await self.send(first)
+        return hs
+
+
+def have_bits(*pieces: int) -> bytearray:
+    bits = bytearray((NUM_PIECES + 7) // 8)
+    for p in pieces:
+        bits[p >> 3] |= 0x80 >> (p & 7)
+    return bits
+
+
+async def read_block(piece: int, begin: int, length: int) -> bytes:
+    start = piece * PIECE_LENGTH + begin
+    return CONTENT[start : start + length]
+
+
+@asynccontextmanager
+async def connection(
+    have: bytearray | None = None, inbox_size: int = 100
+) -> AsyncIterator[tuple[Remote, PeerLink, trio.MemoryReceiveChannel[Fact]]]:
+    ours, theirs = trio.testing.memory_stream_pair()
+    send, receive = trio.open_memory_channel[Fact](inbox_size)
+    ctx = TorrentContext(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LENGTH, TOTAL, DEFAULT_CONFIG,
+                         have if have is not None else bytearray(1), send, read_block)
+    link = PeerLink(1, "127.0.0.9", 6881, DEFAULT_CONFIG, incoming=False, now=trio.current_time())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_peer, ours, link, ctx)
+        yield Remote(theirs), link, receive
+        nursery.cancel_scope.cancel()
+
+
+async def next_fact(receive: trio.MemoryReceiveChannel[Fact], kind: type) -> Fact:
+    while True:
+        fact = await receive.receive()
+        if isinstance(fact, kind):
+            return fact
+
+
+async def test_handshake_advertises_extensions_and_reqq_and_joins_with_the_peers_bitfield() -> None:
+    with trio.fail_after(DEADLINE):
+        async with connection(have_bits(1)) as (remote, link, facts):
+            hs = await remote.handshake(reqq=7, first=wire.Bitfield(bytes(have_bits(0, 3))))
+            assert hs.supports_extended and hs.supports_fast and hs.peer_id == OUR_ID
+            ext = await remote.next_message(wire.ExtendedHandshake)
+            assert isinstance(ext, wire.ExtendedHandshake) and ext.reqq == DEFAULT_CONFIG.advertised_reqq
+            ours = await remote.next_message()
+            assert ours == wire.Bitfield(bytes(have_bits(1)))  # what we have, as our first message
+            joined = await next_fact(facts, PeerJoined)
+            assert joined == PeerJoined(1, "127.0.0.9", bitfield=bytes(have_bits(0, 3)), reqq=7, fast=True)
+            assert link.client == "remote 1.0"
+
+
+async def test_blocks_of_one_receive_arrive_as_one_fact_and_rates_count_them() -> None:
+    with trio.fail_after(DEADLINE):
+        async with connection() as (remote, link, facts):
+            await remote.handshake(first=wire.HAVE_ALL)
+            assert isinstance(await next_fact(facts, PeerJoined), PeerJoined)
+            blocks = [wire.Piece(0, i * 16 * KiB, bytes([i]) * (16 * KiB)) for i in range(2)]
+            blocks.append(wire.Piece(3, 0, b"z" * 100))
+            await remote.send(*blocks)  # one send_all: one receive on our side
+            fact = await next_fact(facts, BlocksReceived)
+            assert isinstance(fact, BlocksReceived)
+            assert [(p, b, bytes(d)) for p, b, d in fact.blocks] == [(m.index, m.begin, bytes(m.block)) for m in blocks]
+            assert link.down.total == 2 * 16 * KiB + 100
+
+
+async def test_a_hostile_length_prefix_ends_the_connection_and_peer_gone_is_reported() -> None:
+    with trio.fail_after(DEADLINE):
+        async with connection() as (remote, link, facts):
+            await remote.handshake(first=wire.HAVE_NONE)
+            await remote.stream.send_all(struct.pack(">IB", 0xFFFFFFF0, wire.MSG_BITFIELD))
+            assert await next_fact(facts, PeerGone) == PeerGone(1)
+            assert link.close_reason is not None and "RemoteProtocolError" in link.close_reason
+            while await remote.stream.receive_some(65536):  # what we sent before, then EOF: we closed
+                pass
+
+
+async def test_peer_gone_is_reported_when_the_remote_closes_or_never_handshakes() -> None:
+    with trio.fail_after(DEADLINE):
+        async with connection() as (remote, _link, facts):
+            await remote.stream.aclose()
+            assert await next_fact(facts, PeerGone) == PeerGone(1)
+
+
+async def test_handshake_timeout_ends_a_silent_connection(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEFAULT_CONFIG.handshake_timeout * 2):
+        async with connection() as (_remote, link, facts):
+            assert await next_fact(facts, PeerGone) == PeerGone(1)
+            assert link.close_reason is not None and "TooSlow" in link.close_reason
+            assert trio.current_time() >= DEFAULT_CONFIG.handshake_timeout
+
+
+async def test_peer_gone_reaches_the_inbox_even_when_the_connection_is_cancelled() -> None:
+    with trio.fail_after(DEADLINE):
+        async with connection() as (remote, link, facts):
+            await remote.handshake(first=wire.HAVE_NONE)
+            await next_fact(facts, PeerJoined)
+            link.close("dropped by the scheduler")
+            assert await next_fact(facts, PeerGone) == PeerGone(1)
+
+
+async def test_requests_and_haves_from_the_outbox_go_out_in_order() -> None:
+    with trio.fail_after(DEADLINE):
+        async with connection() as (remote, link, facts):
+            await remote.handshake(first=wire.HAVE_ALL)
+            await next_fact(facts, PeerJoined)
+            link.send_nowait(SendRequests(1, ((0, 0, 16 * KiB), (0, 16 * KiB, 16 * KiB))))
+            link.send_nowait(SendHave(2))
+            got = [await remote.next_message(wire.Request | wire.Have) for _ in range(3)]  # type: ignore[arg-type]
+            assert got == [wire.Request(0, 0, 16 * KiB), wire.Request(0, 16 * KiB, 16 * KiB), wire.Have(2)]
+
+
+async def test_upload_serves_verified_pieces_only_while_unchoked_and_rejects_the_rest() -> None:
+    with trio.fail_after(DEADLINE):
+        async with connection(have_bits(1)) as (remote, link, facts):
+            await remote.handshake(first=wire.HAVE_NONE)
+            await remote.send(wire.INTERESTED)
+            assert isinstance(await next_fact(facts, PeerInterested), PeerInterested)
+            await remote.send(wire.Request(1, 0, 16 * KiB))  # we choke: rejected (fast extension)
+            assert await remote.next_message(wire.RejectRequest) == wire.RejectRequest(1, 0, 16 * KiB)
+            link.send_nowait(SetChoking(False))
+            assert isinstance(await remote.next_message(wire.Unchoke), wire.Unchoke)
+            await remote.send(wire.Request(2, 0, 16 * KiB))  # a piece we lack: rejected
+            assert await remote.next_message(wire.RejectRequest) == wire.RejectRequest(2, 0, 16 * KiB)
+            await remote.send(wire.Request(1, 16 * KiB, 16 * KiB))
+            piece = await remote.next_message(wire.Piece)
+            assert isinstance(piece, wire.Piece) and (piece.index, piece.begin) == (1, 16 * KiB)
+            start = PIECE_LENGTH + 16 * KiB
+            assert bytes(piece.block) == CONTENT[start : start + 16 * KiB]
+            assert link.up.total == 16 * KiB
+
+
+async def test_keep_alive_after_the_interval(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(DEFAULT_CONFIG.keepalive_interval * 3):
+        async with connection() as (remote, _link, facts):
+            await remote.handshake(first=wire.HAVE_NONE)
+            await next_fact(facts, PeerJoined)
+            sent_at = trio.current_time()
+            assert isinstance(await remote.next_message(wire.KeepAlive), wire.KeepAlive)
+            assert trio.current_time() - sent_at >= DEFAULT_CONFIG.keepalive_interval - 1
