@@ -9,18 +9,15 @@ Cost (DESIGN.md, known traps): rich's `Live` draws nothing on a pipe until exit,
 only used when stderr is a terminal; it refreshes from a Trio task with `auto_refresh=False` and draws
 pre-formatted `Text` lines (no `Table`) on stderr, leaving stdout clean for `--json`.
 
-Optional extras read when present (the session may add them; the views work without them):
-``status.piece_states`` or ``status.scheduler.piece_states`` (bytes, one state per piece, see
-ui/piecemap.py) for the piece map; ``status.peer_clients`` (mapping peer id -> client name) or
-``peer.client`` for the peer table; ``status.trackers`` (a TrackerStatus, or a sequence or mapping of
-them) for the tracker line; ``result.info_hash`` and ``result.state`` for the summaries.
+tasks/session.py's SessionStatus and SessionResult provide every field listed here; mypy checks that
+where the session hands them to the views.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 import trio
@@ -138,9 +135,19 @@ class StatusLike(Protocol):
     @property
     def upload_rate(self) -> float: ...  # bytes/s
     @property
+    def downloaded_bytes(self) -> int: ...  # payload received so far
+    @property
+    def uploaded_bytes(self) -> int: ...
+    @property
     def scheduler(self) -> SnapshotLike: ...
     @property
+    def piece_states(self) -> bytes: ...  # one byte per piece, ui/piecemap.py's states; b"" for no map
+    @property
+    def peer_clients(self) -> Mapping[Hashable, str]: ...  # peer id -> client name, when known
+    @property
     def peers_connected(self) -> int: ...
+    @property
+    def trackers(self) -> Sequence[TrackerLike]: ...
     @property
     def elapsed(self) -> float: ...  # seconds since the download started
     @property
@@ -148,24 +155,36 @@ class StatusLike(Protocol):
 
 
 class ResultLike(Protocol):
-    """What the end summary needs from the session's result of one torrent."""
+    """What the end summary needs from the session's result of one torrent (SessionResult)."""
 
+    @property
+    def status(self) -> str: ...  # "ok", "error" or "interrupted"
+    @property
+    def error(self) -> str | None: ...  # the one line shown; None when the download completed
     @property
     def name(self) -> str: ...
     @property
+    def info_hash(self) -> bytes: ...
+    @property
     def total_bytes(self) -> int: ...  # size of what was wanted
     @property
-    def downloaded_bytes(self) -> int: ...  # payload bytes received this run (for the average rate)
+    def verified_bytes(self) -> int: ...
     @property
-    def elapsed(self) -> float: ...
+    def downloaded_bytes(self) -> int: ...  # payload bytes received this run
     @property
-    def peers_used(self) -> int: ...  # distinct peers that sent at least one block
+    def uploaded_bytes(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...  # seconds, whole session (seeding included)
+    @property
+    def download_time(self) -> float: ...  # seconds from start to the last piece verified (or to the end)
+    @property
+    def average_rate(self) -> float: ...  # downloaded_bytes / download_time
+    @property
+    def peers_used(self) -> int: ...  # distinct peers that sent or took at least one block
     @property
     def wasted_bytes(self) -> int: ...
     @property
     def hash_failures(self) -> int: ...
-    @property
-    def error(self) -> str | None: ...  # None when the download completed
 
 
 class TrackerLike(Protocol):
@@ -234,15 +253,6 @@ def peer_counts(snapshot: SnapshotLike) -> tuple[int, int]:
     return unchoking, snubbed
 
 
-def piece_states_of(status: StatusLike) -> bytes | None:
-    """The per-piece state bytes when the session or the snapshot provides them."""
-    for owner in (status, status.scheduler):
-        states = getattr(owner, "piece_states", None)
-        if isinstance(states, bytes | bytearray):
-            return bytes(states)
-    return None
-
-
 def peer_address(peer: PeerLike) -> str:
     """'host:port' when the peer id is a (host, port) pair (IPv6 in brackets), else the IP."""
     pid = peer.peer
@@ -253,15 +263,7 @@ def peer_address(peer: PeerLike) -> str:
 
 
 def peer_client(status: StatusLike, peer: PeerLike) -> str:
-    client = getattr(peer, "client", None)
-    if isinstance(client, str):
-        return client
-    clients = getattr(status, "peer_clients", None)
-    if isinstance(clients, Mapping):
-        found = clients.get(peer.peer)
-        if isinstance(found, str):
-            return found
-    return ""
+    return status.peer_clients.get(peer.peer, "")
 
 
 def peer_flags(peer: PeerLike) -> str:
@@ -272,24 +274,6 @@ def peer_flags(peer: PeerLike) -> str:
         "S" if peer.snubbed else FLAG_UNSET,
         "W" if peer.slow_start else FLAG_UNSET,
     ))
-
-
-def trackers_of(status: StatusLike) -> list[TrackerLike]:
-    raw = getattr(status, "trackers", None)
-    if raw is None:
-        return []
-    items: Iterable[object]
-    if isinstance(raw, Mapping):
-        items = raw.values()
-    elif isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
-        items = raw
-    else:
-        items = (raw,)
-    return [t for t in items if _is_tracker(t)]
-
-
-def _is_tracker(obj: object) -> bool:
-    return all(hasattr(obj, name) for name in ("last_error", "peers_received", "seeders", "leechers"))
 
 
 # --- the live view -------------------------------------------------------------------------------
@@ -361,15 +345,15 @@ def render_status(status: StatusLike, config: Config, width: int, *, verbose: bo
     text.append(f"{snap.pieces_partial} partial · {snap.pieces_fully_requested} fully requested · "
                 f"{snap.pieces_awaiting_hash} awaiting hash · {snap.pieces_verified}/{snap.pieces_wanted} verified\n")
 
-    states = piece_states_of(status)
-    if states is not None:
+    states = status.piece_states
+    if states:
         label = "map     "
         text.append(label, style="dim")
         for char, run in piecemap.piece_map_runs(states, max(width - len(label), 1)):
             text.append(char * run, style=_MAP_STYLES[char])
         text.append("\n")
 
-    for tracker in trackers_of(status):
+    for tracker in status.trackers:
         text.append("tracker ", style="dim")
         if tracker.last_error:
             text.append(f"error: {tracker.last_error}", style="red")
@@ -485,16 +469,26 @@ def plain_line(status: StatusLike) -> str:
     return "[" + " ".join(parts) + "]"
 
 
+RESULT_OK = "ok"
+RESULT_ERROR = "error"
+RESULT_INTERRUPTED = "interrupted"
+
+
 def summary_lines(result: ResultLike) -> list[str]:
-    """The end summary: a headline, then size, time, average rate, peers used, waste, hash failures."""
-    elapsed = result.elapsed
-    average = result.downloaded_bytes / elapsed if elapsed > 0 else 0.0
-    if result.error is None:
+    """The end summary: a headline, then size, time, average rate, peers used, waste, hash failures.
+
+    A failed download's headline does not repeat the error: the command line prints it as its own
+    `jstorrent: ...` line (QuietDisplay prints it when nothing else would).
+    """
+    if result.status == RESULT_OK:
         head = f"Download complete: {result.name}"
+        size = f"size {format_size(result.total_bytes)}"
     else:
-        head = f"Download stopped: {result.name}: {result.error}"
-    stats = (f"size {format_size(result.total_bytes)} · time {format_duration(elapsed)} · "
-             f"average {format_rate(average)} · {result.peers_used} peers used · "
+        word = "interrupted" if result.status == RESULT_INTERRUPTED else "failed"
+        head = f"Download {word}: {result.name}"
+        size = f"got {format_size(result.verified_bytes)} of {format_size(result.total_bytes)}"
+    stats = (f"{size} · time {format_duration(result.download_time)} · "
+             f"average {format_rate(result.average_rate)} · {result.peers_used} peers used · "
              f"wasted {format_size(result.wasted_bytes)} · {result.hash_failures} hash failures")
     return [head, stats]
 
@@ -550,6 +544,8 @@ def progress_record(status: StatusLike) -> dict[str, object]:
         "elapsed": round(status.elapsed, _TIME_DIGITS),
         "total_bytes": total,
         "verified_bytes": done,
+        "downloaded_bytes": status.downloaded_bytes,
+        "uploaded_bytes": status.uploaded_bytes,
         "progress": round(fraction(done, total), _PROGRESS_DIGITS),
         "download_rate": round(status.download_rate),
         "upload_rate": round(status.upload_rate),
@@ -573,19 +569,21 @@ def progress_record(status: StatusLike) -> dict[str, object]:
 
 def result_record(result: ResultLike) -> dict[str, object]:
     """The final `result` record (docs/json.md)."""
-    info_hash = getattr(result, "info_hash", None)
-    elapsed = result.elapsed
     return {
         "event": "result",
         "schema": JSON_SCHEMA_VERSION,
-        "info_hash": info_hash.hex() if isinstance(info_hash, bytes) else None,
+        "info_hash": result.info_hash.hex(),
         "name": result.name,
-        "ok": result.error is None,
+        "status": result.status,
+        "ok": result.status == RESULT_OK,
         "error": result.error,
         "total_bytes": result.total_bytes,
+        "verified_bytes": result.verified_bytes,
         "downloaded_bytes": result.downloaded_bytes,
-        "elapsed": round(elapsed, _TIME_DIGITS),
-        "average_rate": round(result.downloaded_bytes / elapsed) if elapsed > 0 else 0,
+        "uploaded_bytes": result.uploaded_bytes,
+        "elapsed": round(result.elapsed, _TIME_DIGITS),
+        "download_time": round(result.download_time, _TIME_DIGITS),
+        "average_rate": round(result.average_rate),
         "peers_used": result.peers_used,
         "wasted_bytes": result.wasted_bytes,
         "hash_failures": result.hash_failures,
@@ -619,7 +617,8 @@ class JsonDisplay:
 
 
 class QuietDisplay:
-    """--quiet: no progress and no summary; a failed download still gets its one error line."""
+    """--quiet: no progress and no summary; a failed download still gets its one error line (the command
+    line stays silent under --quiet, so this is the only place it is printed)."""
 
     def __init__(self, *, file: TextIO | None = None) -> None:
         self._file = file if file is not None else sys.stderr
@@ -628,8 +627,8 @@ class QuietDisplay:
         await trio.sleep_forever()
 
     def finish(self, result: ResultLike) -> None:
-        if result.error is not None:
-            self._file.write(f"{result.name}: {result.error}\n")
+        if result.status == RESULT_ERROR:
+            self._file.write(f"jstorrent: {result.error}\n")
             self._file.flush()
 
 

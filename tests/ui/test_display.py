@@ -8,7 +8,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,9 @@ from rich.live import Live
 
 from jstorrent_cli.config import DEFAULT_CONFIG, Config, KiB, MiB
 from jstorrent_cli.core.scheduler import IDLE_CHOKED, PeerSnapshot, SchedulerSnapshot
+from jstorrent_cli.errors import StorageError
+from jstorrent_cli.tasks.session import SessionResult, SessionState, SessionStatus
+from jstorrent_cli.tasks.tracker import TrackerStatus
 from jstorrent_cli.ui import piecemap
 from jstorrent_cli.ui.display import (
     ENDGAME_MARKER,
@@ -30,6 +33,7 @@ from jstorrent_cli.ui.display import (
     JsonDisplay,
     PlainDisplay,
     QuietDisplay,
+    ResultLike,
     RichDisplay,
     StatusLike,
     gauge_cells,
@@ -72,37 +76,36 @@ def snapshot(**changes: object) -> SchedulerSnapshot:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeStatus:
-    name: str = "ubuntu.iso"
-    info_hash: bytes = INFO_HASH
-    total_bytes: int = 1024 * MiB
-    verified_bytes: int = 400 * MiB
-    download_rate: float = 12.3 * MiB
-    upload_rate: float = 0.0
-    scheduler: SchedulerSnapshot = dataclasses.field(default_factory=snapshot)
-    peers_connected: int = 8
-    elapsed: float = 65.0
-    state: str = "downloading"
-    piece_states: bytes | None = None
-    peer_clients: Mapping[Hashable, str] = dataclasses.field(default_factory=dict)
+def make_status(**changes: object) -> SessionStatus:
+    """The session's own status type, with numbers the tests reason about: a 1 GiB torrent, 400 MiB done."""
+    base = SessionStatus(
+        name="ubuntu.iso", info_hash=INFO_HASH, total_bytes=1024 * MiB, verified_bytes=400 * MiB,
+        download_rate=12.3 * MiB, upload_rate=0.0, downloaded_bytes=410 * MiB, uploaded_bytes=0,
+        scheduler=snapshot(), piece_states=b"", peer_clients={}, peers_connected=8, trackers=(),
+        elapsed=65.0, state=SessionState.DOWNLOADING, listen_port=6881,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeResult:
-    name: str = "ubuntu.iso"
-    info_hash: bytes = INFO_HASH
-    total_bytes: int = 1024 * MiB
-    downloaded_bytes: int = 1024 * MiB
-    elapsed: float = 128.0
-    peers_used: int = 12
-    wasted_bytes: int = 3 * MiB
-    hash_failures: int = 2
-    error: str | None = None
+def make_result(**changes: object) -> SessionResult:
+    """A completed 1 GiB download: 128 s at 8 MiB/s, 12 peers, 3 MiB wasted, 2 hash failures."""
+    base = SessionResult(
+        status="ok", error=None, exception=None, name="ubuntu.iso", info_hash=INFO_HASH,
+        state=SessionState.DONE, total_bytes=1024 * MiB, verified_bytes=1024 * MiB,
+        downloaded_bytes=1024 * MiB, uploaded_bytes=5 * MiB, elapsed=130.0, download_time=128.0,
+        average_rate=8.0 * MiB, peers_used=12, wasted_bytes=3 * MiB, hash_failures=2,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def _typed(s: FakeStatus) -> StatusLike:  # mypy-style check that the fake has what the views read
-    return s
+def failed(error: str) -> SessionResult:
+    return make_result(status="error", error=error, exception=StorageError(error), state=SessionState.FAILED,
+                      verified_bytes=400 * MiB, downloaded_bytes=410 * MiB, download_time=50.0,
+                      average_rate=410 * MiB / 50.0)
+
+
+def _typed(s: SessionStatus, r: SessionResult) -> tuple[StatusLike, ResultLike]:  # checked by mypy
+    return s, r
 
 
 def render_text(status: StatusLike, *, verbose: bool = False, width: int = 100,
@@ -200,7 +203,7 @@ def test_build_piece_states_rejects_mismatched_lengths() -> None:
 
 
 def test_live_view_numbers() -> None:
-    status = FakeStatus(
+    status = make_status(
         scheduler=snapshot(peers=(peer(1), peer(2, peer_choking=True), peer(3, snubbed=True))),
     )
     text, raw = render_text(status)
@@ -221,7 +224,7 @@ def test_live_view_numbers() -> None:
 
 
 def test_live_view_buffer_gauge() -> None:
-    status = FakeStatus(scheduler=snapshot(bytes_in_flight=16 * MiB, bytes_waiting_for_disk=8 * MiB,
+    status = make_status(scheduler=snapshot(bytes_in_flight=16 * MiB, bytes_waiting_for_disk=8 * MiB,
                                            budget=64 * MiB))
     text, _ = render_text(status)
     gauge = line_starting(text, "buffer")
@@ -241,7 +244,7 @@ def test_gauge_never_overflows() -> None:
 
 
 def test_live_view_endgame_marker_and_waste() -> None:
-    status = FakeStatus(scheduler=snapshot(endgame=True, wasted_bytes=1536 * KiB, hash_failures=2))
+    status = make_status(scheduler=snapshot(endgame=True, wasted_bytes=1536 * KiB, hash_failures=2))
     text, _ = render_text(status)
     header = line_starting(text, "ubuntu.iso")
     assert header.endswith(f"{ENDGAME_MARKER} wasted 1.5MiB  2 hash failures")
@@ -251,7 +254,7 @@ def test_live_view_endgame_marker_and_waste() -> None:
     assert len(header) <= 100 and "…" in header
     assert header.endswith(f"{ENDGAME_MARKER} wasted 1.5MiB  2 hash failures")
     # no endgame: no marker, but waste still shows
-    text, _ = render_text(FakeStatus(scheduler=snapshot(endgame=False, wasted_bytes=2 * MiB)))
+    text, _ = render_text(make_status(scheduler=snapshot(endgame=False, wasted_bytes=2 * MiB)))
     assert ENDGAME_MARKER not in text and "wasted 2.0MiB" in text
 
 
@@ -259,29 +262,22 @@ def test_live_view_piece_map_line() -> None:
     V, M, I = VERIFIED, MISSING, IN_FLIGHT  # noqa: E741
     # 200 pieces on a 100-column terminal with an 8-column label: 92 columns.
     states = bytes([V] * 100 + [I] * 4 + [M] * 96)
-    text, _ = render_text(FakeStatus(piece_states=states))
+    text, _ = render_text(make_status(piece_states=states))
     line = line_starting(text, "map")
     cells = line[len("map     "):]
     assert cells == piecemap.piece_map(states, 92)
     assert cells.startswith("█" * 45) and "▒" in cells and cells.endswith("·" * 40)
-    # without per-piece states there is no map line (and nothing breaks)
-    text, _ = render_text(FakeStatus())
+    # without per-piece states (while checking, say) there is no map line
+    text, _ = render_text(make_status())
     assert not any(line.startswith("map") for line in text.splitlines())
 
 
-def test_live_view_reads_piece_states_from_the_snapshot_too() -> None:
-    @dataclasses.dataclass(frozen=True)
-    class SnapshotWithMap:
-        inner: SchedulerSnapshot
-        piece_states: bytes
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self.inner, name)
-
-    snap = SnapshotWithMap(snapshot(), bytes([VERIFIED, MISSING]))
-    status = FakeStatus(scheduler=snap)  # type: ignore[arg-type]
-    text, _ = render_text(status)
-    assert line_starting(text, "map").endswith("█·")
+def test_live_view_tracker_line() -> None:
+    trackers = (TrackerStatus(peers_received=57, seeders=3, leechers=9),
+                TrackerStatus(last_error="connection refused"))
+    text, _ = render_text(make_status(trackers=trackers))
+    lines = [line for line in text.splitlines() if line.startswith("tracker")]
+    assert lines == ["tracker ok, 57 peers received (3 seeders, 9 leechers)", "tracker error: connection refused"]
 
 
 def test_verbose_peer_table() -> None:
@@ -292,7 +288,7 @@ def test_verbose_peer_table() -> None:
              peer_interested=True),
         peer(4, snubbed=True, outstanding=1, limit=1, rate=0.0),
     )
-    status = FakeStatus(scheduler=snapshot(peers=peers), peer_clients={("127.0.0.4", 6883): "libtorrent/2.0.9"})
+    status = make_status(scheduler=snapshot(peers=peers), peer_clients={("127.0.0.4", 6883): "libtorrent/2.0.9"})
     text, _ = render_text(status, verbose=True)
     rows = [line for line in text.splitlines() if line.startswith("127.0.0.")]
     assert [row.split()[0] for row in rows] == ["127.0.0.4:6883", "127.0.0.3:6882", "127.0.0.5:6884",
@@ -312,16 +308,16 @@ def test_verbose_peer_table() -> None:
 def test_verbose_table_is_capped() -> None:
     peers = tuple(peer(i) for i in range(10))
     config = dataclasses.replace(DEFAULT_CONFIG, peer_table_rows=3)
-    text, _ = render_text(FakeStatus(scheduler=snapshot(peers=peers)), verbose=True, config=config)
+    text, _ = render_text(make_status(scheduler=snapshot(peers=peers)), verbose=True, config=config)
     rows = [line for line in text.splitlines() if line.startswith("127.0.0.")]
     assert len(rows) == 3
     assert "... 7 more peers" in text
 
 
 def test_progress_is_complete_for_an_empty_download_and_eta_unknown_without_rate() -> None:
-    text, _ = render_text(FakeStatus(total_bytes=0, verified_bytes=0, download_rate=0.0))
+    text, _ = render_text(make_status(total_bytes=0, verified_bytes=0, download_rate=0.0))
     assert "100.0%" in text
-    text, _ = render_text(FakeStatus(download_rate=0.0))
+    text, _ = render_text(make_status(download_rate=0.0))
     assert "ETA -" in text
 
 
@@ -329,7 +325,7 @@ def test_progress_is_complete_for_an_empty_download_and_eta_unknown_without_rate
 
 
 def test_plain_line_exact() -> None:
-    status = FakeStatus(total_bytes=1024 * MiB, verified_bytes=400 * MiB, download_rate=12.3 * MiB,
+    status = make_status(total_bytes=1024 * MiB, verified_bytes=400 * MiB, download_rate=12.3 * MiB,
                         upload_rate=0.0, peers_connected=8,
                         scheduler=snapshot(bytes_in_flight=10 * MiB, bytes_waiting_for_disk=2 * MiB))
     assert plain_line(status) == (
@@ -338,7 +334,7 @@ def test_plain_line_exact() -> None:
 
 
 def test_plain_line_shape_without_rate() -> None:
-    line = plain_line(FakeStatus(download_rate=0.0, upload_rate=2048.0))
+    line = plain_line(make_status(download_rate=0.0, upload_rate=2048.0))
     assert re.fullmatch(
         r"\[#[0-9a-f]{6} \S+/\S+\(\d+%\) CN:\d+ DL:\S+ UL:\S+ BUF:\S+/\S+\]", line
     ), line
@@ -346,7 +342,7 @@ def test_plain_line_shape_without_rate() -> None:
 
 
 def test_percent_is_floored_never_100_before_done() -> None:
-    line = plain_line(FakeStatus(total_bytes=1000, verified_bytes=999))
+    line = plain_line(make_status(total_bytes=1000, verified_bytes=999))
     assert "(99%)" in line
 
 
@@ -354,54 +350,62 @@ def test_percent_is_floored_never_100_before_done() -> None:
 
 
 def test_summary_lines() -> None:
-    head, stats = summary_lines(FakeResult())
+    head, stats = summary_lines(make_result())
     assert head == "Download complete: ubuntu.iso"
     assert stats == ("size 1.0GiB · time 2m08s · average 8.0MiB/s · 12 peers used · "
                      "wasted 3.0MiB · 2 hash failures")
-    head, _ = summary_lines(FakeResult(error="stalled for 60s"))
-    assert head == "Download stopped: ubuntu.iso: stalled for 60s"
+    head, stats = summary_lines(failed("disk full"))
+    assert head == "Download failed: ubuntu.iso"  # the command line prints the error itself
+    assert stats.startswith("got 400.0MiB of 1.0GiB · time 50s · average 8.2MiB/s ·")
+    head, _ = summary_lines(make_result(status="interrupted", error="interrupted"))
+    assert head == "Download interrupted: ubuntu.iso"
 
 
 def test_rich_and_plain_finish_print_the_summary() -> None:
     console = Console(file=io.StringIO(), width=100, force_terminal=True)
-    RichDisplay(DEFAULT_CONFIG, console=console).finish(FakeResult())
+    RichDisplay(DEFAULT_CONFIG, console=console).finish(make_result())
     out = ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]
     assert "Download complete: ubuntu.iso" in out and "average 8.0MiB/s" in out
     buf = io.StringIO()
-    PlainDisplay(DEFAULT_CONFIG, file=buf).finish(FakeResult())
-    assert buf.getvalue().splitlines() == summary_lines(FakeResult())
+    PlainDisplay(DEFAULT_CONFIG, file=buf).finish(make_result())
+    assert buf.getvalue().splitlines() == summary_lines(make_result())
 
 
 def test_quiet_prints_only_errors() -> None:
     buf = io.StringIO()
-    QuietDisplay(file=buf).finish(FakeResult())
+    QuietDisplay(file=buf).finish(make_result())
+    QuietDisplay(file=buf).finish(make_result(status="interrupted", error="interrupted"))
     assert buf.getvalue() == ""
-    QuietDisplay(file=buf).finish(FakeResult(error="disk full"))
-    assert buf.getvalue() == "ubuntu.iso: disk full\n"
+    QuietDisplay(file=buf).finish(failed("disk full"))
+    assert buf.getvalue() == "jstorrent: disk full\n"
 
 
 # --- JSON lines ----------------------------------------------------------------------------------------
 
 PROGRESS_FIELDS = {
-    "event", "schema", "info_hash", "name", "state", "elapsed", "total_bytes", "verified_bytes", "progress",
+    "event", "schema", "info_hash", "name", "state", "elapsed", "total_bytes", "verified_bytes",
+    "downloaded_bytes", "uploaded_bytes", "progress",
     "download_rate", "upload_rate", "eta", "peers_connected", "peers_unchoking", "peers_snubbed",
     "bytes_in_flight", "bytes_waiting_for_disk", "buffer_budget", "pieces_partial", "pieces_fully_requested",
     "pieces_awaiting_hash", "pieces_verified", "pieces_wanted", "endgame", "wasted_bytes", "hash_failures",
 }
 RESULT_FIELDS = {
-    "event", "schema", "info_hash", "name", "ok", "error", "total_bytes", "downloaded_bytes", "elapsed",
-    "average_rate", "peers_used", "wasted_bytes", "hash_failures",
+    "event", "schema", "info_hash", "name", "status", "ok", "error", "total_bytes", "verified_bytes",
+    "downloaded_bytes", "uploaded_bytes", "elapsed", "download_time", "average_rate", "peers_used",
+    "wasted_bytes", "hash_failures",
 }
 
 
 def test_progress_record_fields_and_values() -> None:
-    status = FakeStatus(scheduler=snapshot(peers=(peer(1), peer(2, peer_choking=True, snubbed=True)),
+    status = make_status(scheduler=snapshot(peers=(peer(1), peer(2, peer_choking=True, snubbed=True)),
                                            endgame=True, wasted_bytes=5))
     record = json.loads(json.dumps(progress_record(status)))
     assert set(record) == PROGRESS_FIELDS
     assert record["event"] == "progress" and record["schema"] == 1
     assert record["info_hash"] == INFO_HASH.hex()
     assert record["verified_bytes"] == 400 * MiB and record["total_bytes"] == 1024 * MiB
+    assert (record["downloaded_bytes"], record["uploaded_bytes"]) == (410 * MiB, 0)
+    assert record["state"] == "downloading"
     assert record["progress"] == 0.390625  # 400 / 1024, exact
     assert record["eta"] == 50.7  # 624 MiB at 12.3 MiB/s, to a tenth of a second
     assert record["download_rate"] == round(12.3 * MiB) and record["upload_rate"] == 0
@@ -409,16 +413,21 @@ def test_progress_record_fields_and_values() -> None:
     assert (record["bytes_in_flight"], record["bytes_waiting_for_disk"], record["buffer_budget"]) == (
         12 * MiB, 3 * MiB, 64 * MiB)
     assert record["endgame"] is True and record["wasted_bytes"] == 5
-    assert json.loads(json.dumps(progress_record(FakeStatus(download_rate=0.0))))["eta"] is None
+    assert json.loads(json.dumps(progress_record(make_status(download_rate=0.0))))["eta"] is None
 
 
 def test_result_record_fields_and_values() -> None:
-    record = json.loads(json.dumps(result_record(FakeResult())))
+    record = json.loads(json.dumps(result_record(make_result())))
     assert set(record) == RESULT_FIELDS
-    assert record["ok"] is True and record["error"] is None
-    assert record["average_rate"] == 8 * MiB and record["elapsed"] == 128.0
-    failed = json.loads(json.dumps(result_record(FakeResult(error="stalled"))))
-    assert failed["ok"] is False and failed["error"] == "stalled"
+    assert record["status"] == "ok" and record["ok"] is True and record["error"] is None
+    assert record["info_hash"] == INFO_HASH.hex()
+    assert (record["elapsed"], record["download_time"], record["average_rate"]) == (130.0, 128.0, 8 * MiB)
+    assert (record["peers_used"], record["wasted_bytes"], record["hash_failures"]) == (12, 3 * MiB, 2)
+    bad = json.loads(json.dumps(result_record(failed("disk full"))))
+    assert bad["status"] == "error" and bad["ok"] is False and bad["error"] == "disk full"
+    assert bad["verified_bytes"] == 400 * MiB
+    stopped = json.loads(json.dumps(result_record(make_result(status="interrupted", error="interrupted"))))
+    assert stopped["status"] == "interrupted" and stopped["ok"] is False
 
 
 def test_json_fields_are_documented() -> None:
@@ -458,10 +467,10 @@ def test_rich_display_defaults_to_stderr() -> None:
 # --- the refresh loops under Trio ----------------------------------------------------------------------
 
 
-def counting_poll(statuses: Callable[[int], FakeStatus]) -> tuple[Callable[[], FakeStatus], list[int]]:
+def counting_poll(statuses: Callable[[int], SessionStatus]) -> tuple[Callable[[], SessionStatus], list[int]]:
     calls: list[int] = []
 
-    def poll() -> FakeStatus:
+    def poll() -> SessionStatus:
         calls.append(len(calls))
         return statuses(len(calls) - 1)
 
@@ -471,7 +480,7 @@ def counting_poll(statuses: Callable[[int], FakeStatus]) -> tuple[Callable[[], F
 async def test_live_loop_refreshes_at_the_configured_rate(autojump_clock: trio.testing.MockClock) -> None:
     console = Console(file=io.StringIO(), width=100, force_terminal=True)
     display = RichDisplay(DEFAULT_CONFIG, console=console)
-    poll, calls = counting_poll(lambda i: FakeStatus(verified_bytes=(i + 1) * MiB))
+    poll, calls = counting_poll(lambda i: make_status(verified_bytes=(i + 1) * MiB))
     period = 1.0 / DEFAULT_CONFIG.refresh_hz
     with trio.fail_after(2.0 + DEADLINE):  # virtual seconds under autojump_clock
         with trio.move_on_after(2.0 + period / 2):  # 2 s and a half period of virtual time
@@ -490,7 +499,7 @@ async def test_live_loop_refreshes_at_the_configured_rate(autojump_clock: trio.t
 async def test_plain_loop_writes_one_line_per_interval(autojump_clock: trio.testing.MockClock) -> None:
     buf = io.StringIO()
     display = PlainDisplay(DEFAULT_CONFIG, file=buf)
-    poll, calls = counting_poll(lambda i: FakeStatus(peers_connected=i))
+    poll, calls = counting_poll(lambda i: make_status(peers_connected=i))
     interval = DEFAULT_CONFIG.plain_interval
     with trio.fail_after(3 * interval + DEADLINE):  # virtual seconds under autojump_clock
         with trio.move_on_after(3 * interval + interval / 2):
@@ -503,14 +512,14 @@ async def test_plain_loop_writes_one_line_per_interval(autojump_clock: trio.test
 async def test_json_loop_writes_records_at_the_interval(autojump_clock: trio.testing.MockClock) -> None:
     buf = io.StringIO()
     display = JsonDisplay(DEFAULT_CONFIG, file=buf)
-    poll, _ = counting_poll(lambda i: FakeStatus(elapsed=float(i)))
+    poll, _ = counting_poll(lambda i: make_status(elapsed=float(i)))
     interval = DEFAULT_CONFIG.json_interval
     with trio.fail_after(3 * interval + DEADLINE):  # virtual seconds under autojump_clock
         start = trio.current_time()
         with trio.move_on_after(3 * interval + interval / 2):
             await display.run(poll)
         assert trio.current_time() - start == pytest.approx(3.5 * interval)
-    display.finish(FakeResult())
+    display.finish(make_result())
     records = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [r["event"] for r in records] == ["progress"] * 4 + ["result"]
     assert [r["elapsed"] for r in records[:4]] == [0.0, 1.0, 2.0, 3.0]
@@ -518,7 +527,7 @@ async def test_json_loop_writes_records_at_the_interval(autojump_clock: trio.tes
 
 async def test_quiet_loop_prints_nothing(autojump_clock: trio.testing.MockClock) -> None:
     buf = io.StringIO()
-    poll, calls = counting_poll(lambda i: FakeStatus())
+    poll, calls = counting_poll(lambda i: make_status())
     with trio.fail_after(100.0 + DEADLINE):  # virtual seconds under autojump_clock
         with trio.move_on_after(100.0):
             await QuietDisplay(file=buf).run(poll)
@@ -536,7 +545,7 @@ def test_render_cost_verbose_50_peers_80000_pieces() -> None:
     active = range(n // 2, n // 2 + 64)
     peers = tuple(peer(i % 250, peer=(f"10.0.{i // 250}.{i % 250}", 6881 + i),
                        idle_reason=IDLE_CHOKED if i % 5 == 0 else None) for i in range(50))
-    status = FakeStatus(scheduler=snapshot(peers=peers, endgame=True, wasted_bytes=MiB),
+    status = make_status(scheduler=snapshot(peers=peers, endgame=True, wasted_bytes=MiB),
                         peer_clients={p.peer: "qBittorrent/4.6.2" for p in peers})
     console = Console(file=io.StringIO(), width=120, force_terminal=True)
     config = DEFAULT_CONFIG
