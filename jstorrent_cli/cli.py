@@ -304,6 +304,84 @@ def get(
     return result.exit_status
 
 
+@cli.command()
+@click.argument("torrent_file", metavar="FILE.torrent")
+@click.option("-d", "--dir", "out_dir", default=".", show_default=True, help="Folder the torrent was downloaded into.")
+@click.option("--select-file", default=None,
+              help="Check only these files (indexes as 'jstorrent info' prints them, e.g. 1-3,5).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def verify(torrent_file: str, out_dir: str, select_file: str | None, as_json: bool) -> int:
+    """Hash the files on disk (read-only) and report per file. Exit 0 if complete, 32 if not."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from jstorrent_cli.core.geometry import Geometry
+    from jstorrent_cli.core.selection import parse_select_file
+    from jstorrent_cli.errors import ChecksumError
+    from jstorrent_cli.tasks import verify as verifier
+    from jstorrent_cli.tasks.parts import layout_for_selection
+    from jstorrent_cli.tasks.storage import storage_files
+
+    t = read_torrent_file(torrent_file)
+    folder = Path(out_dir)
+    if not folder.exists():
+        raise InputNotFoundError(f"{out_dir}: no such folder")
+    if not folder.is_dir():
+        raise FileOpenError(f"{out_dir}: not a folder")
+    files = storage_files(t.files)
+    pads = [f.pad for f in files]
+    selected = None if select_file is None else parse_select_file(select_file, len(files), pads)
+    geometry, disk_files = layout_for_selection(
+        Geometry([f.length for f in files], pads, t.piece_length), files, selected, t.name)
+    paths = [None if f.pad or f.symlink else f.path for f in disk_files]
+    shown = [i for i, f in enumerate(t.files) if f.is_created and (selected is None or i in selected)]
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=_stderr_console(), transient=True, disable=not sys.stderr.isatty(),
+    )
+    task_id = progress.add_task("verifying", total=None)
+
+    async def run() -> verifier.VerifyReport:
+        with progress:
+            return await verifier.verify(
+                folder, paths, geometry, t.piece_hashes, report_files=shown,
+                progress=lambda done, total: progress.update(task_id, completed=done, total=total),
+            )
+
+    report = trio.run(run)
+    pieces = report.pieces
+    checked = len(pieces.ok) + len(pieces.bad) + len(pieces.missing)
+    if as_json:
+        click.echo(json.dumps({
+            "name": t.name, "info_hash": t.info_hash_hex, "directory": str(folder), "complete": report.complete,
+            "pieces": {"checked": checked, "ok": len(pieces.ok), "bad": len(pieces.bad),
+                       "missing": len(pieces.missing)},
+            "files": [{"index": f.index + 1, "path": "/".join(f.path), "length": f.length, "status": f.status,
+                       "size_on_disk": f.size_on_disk, "pieces": f.pieces, "bad_pieces": f.bad_pieces,
+                       "missing_pieces": f.missing_pieces, "note": f.note} for f in report.files],
+        }, indent=2))
+    else:
+        click.echo(f"{t.name} in {folder}:")
+        click.echo(f"  {'idx':>5} | {'status':<8} | {'size':>10} | path")
+        for f in report.files:
+            detail = []
+            if f.bad_pieces:
+                detail.append(f"{f.bad_pieces} of {f.pieces} pieces bad")
+            if f.missing_pieces and f.status != "missing":
+                detail.append(f"{f.missing_pieces} of {f.pieces} pieces incomplete")
+            if f.note:
+                detail.append(f.note)
+            extra = f"  ({'; '.join(detail)})" if detail else ""
+            click.echo(f"  {f.index + 1:>5} | {f.status:<8} | {format_size(f.length):>10} | {'/'.join(f.path)}{extra}")
+        click.echo(f"Pieces: {len(pieces.ok)} ok, {len(pieces.bad)} bad, {len(pieces.missing)} incomplete "
+                   f"of {checked} checked")
+    if not report.complete:
+        wrong = [f for f in report.files if f.status != "complete"]
+        names = ", ".join(f"{'/'.join(f.path)} ({f.status})" for f in wrong[:3])
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise ChecksumError(f"{len(wrong)} of {len(report.files)} files not complete: {names}{more}")
+    return 0
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 
