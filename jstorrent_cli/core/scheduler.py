@@ -585,6 +585,9 @@ class Scheduler:
         if self.picker.release(ap, block, peer.id):
             self._in_flight -= self.picker.block_length(piece, block)
             self._wake = True
+            owner = self._peers.get(ap.owner) if ap.owner is not None else None
+            if owner is not None and piece in self.picker.active:
+                owner.own[piece] = None
 
     def _bar(self, peer: _Peer, piece: int) -> None:
         until = self._now + self.config.piece_retry_delay
@@ -710,31 +713,44 @@ class Scheduler:
 
     def _flush(self) -> None:
         """Refill dirty (and, when something was freed, hungry) peers; emit batched commands."""
-        for _round in range(2):
-            if self._wake:
-                self._wake = False
-                for peer_id in self._hungry:
-                    self._dirty[peer_id] = None
+        peers = self._peers
+        for _round in range(2):  # a second pass only when the first one started endgame
+            if self._wake and self._hungry:
+                # Freed room goes to the hungry peers with the fewest requests out first, so a tight
+                # budget is shared out like water filling instead of going to whoever asks first.
+                order = sorted(self._hungry, key=lambda pid: len(peers[pid].outstanding))
+                self._dirty = dict.fromkeys([*order, *self._dirty])
+            self._wake = False
             if not self._dirty:
                 break
             dirty = self._dirty
             self._dirty = {}
+            hungry = self._hungry
+            picker = self.picker
+            bs = self._bs
+            budget = self._budget
             for peer_id in dirty:
-                peer = self._peers.get(peer_id)
+                if (peer_id in hungry and self._in_flight + self._waiting + bs > budget
+                        and picker.free_blocks):
+                    continue  # the room is gone and it is not endgame: it stays hungry, nothing to do
+                peer = peers.get(peer_id)
                 if peer is not None:
                     self._refill(peer)
-        out = self._out
-        out.extend(self._tail)  # drops and bans first: their released blocks are in the requests below
-        for peer_id, cancels in self._cancels.items():
-            out.append(SendCancels(peer_id, tuple(cancels)))
-        for peer_id, requests in self._requests.items():
-            out.append(SendRequests(peer_id, tuple(requests)))
-        self._cancels = {}
-        self._requests = {}
-        self._tail = []
-        self._dirty = {}
         self._wake = False
-        if self.picker.needed_count == 0 and not self._finished_sent:
+        out = self._out
+        if self._tail:
+            out.extend(self._tail)  # drops and bans first: their released blocks are in the requests below
+            self._tail = []
+        if self._cancels:
+            for peer_id, cancels in self._cancels.items():
+                out.append(SendCancels(peer_id, tuple(cancels)))
+            self._cancels = {}
+        if self._requests:
+            for peer_id, requests in self._requests.items():
+                if requests:
+                    out.append(SendRequests(peer_id, tuple(requests)))
+            self._requests = {}
+        if not self._finished_sent and self.picker.needed_count == 0:
             self._finished_sent = True
             out.append(Finished())
 
@@ -755,6 +771,12 @@ class Scheduler:
             peer.idle_reason = IDLE_CHOKED
             self._hungry.pop(peer.id, None)
             return
+        if self._in_flight + self._waiting + self._bs > self._budget and self.picker.free_blocks:
+            # Nothing but an endgame duplicate could go out, and it is not endgame: wait for the writer.
+            self._hungry[peer.id] = None
+            if not peer.outstanding:
+                peer.idle_reason = IDLE_BUDGET
+            return
         start = spare
         now = self._now
         bars = peer.bars
@@ -763,10 +785,10 @@ class Scheduler:
         if peer.own:
             for piece in list(peer.own):
                 ap = active.get(piece)
-                if ap is None or ap.owner != peer.id:
-                    del peer.own[piece]
+                if ap is None or ap.owner != peer.id or not ap.n_free:
+                    del peer.own[piece]  # _release puts it back if a block of it becomes FREE again
                     continue
-                if ap.n_free and not _is_barred(bars, piece, now):
+                if not _is_barred(bars, piece, now):
                     spare = self._take(peer, ap, spare)
                     if spare <= 0 or self._budget_full():
                         break
@@ -783,7 +805,7 @@ class Scheduler:
                 if spare <= 0 or self._budget_full():
                     break
         # 3. new pieces, rarest first, while the start cap allows
-        if not peer.snubbed:
+        if spare > 0 and not peer.snubbed:
             cap = self._start_cap()
             while spare > 0 and len(picker.partial) < cap and not self._budget_full():
                 fresh = picker.new_piece(view, bars, now)
