@@ -16,6 +16,7 @@ where the session hands them to the views.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TextIO
@@ -215,6 +216,12 @@ if TYPE_CHECKING:  # mypy checks that the scheduler's snapshot keeps the fields 
 # --- numbers shared by the views ------------------------------------------------------------------
 
 
+def sane(x: float) -> float:
+    """A rate or a time as shown: a NaN, an infinity or a negative (a session bug) shows as 0, so a bad
+    number can never make a view raise inside the session's nursery."""
+    return x if math.isfinite(x) and x >= 0 else 0.0
+
+
 def fraction(done: int, total: int) -> float:
     """done / total in [0, 1]; an empty download counts as complete."""
     if total <= 0:
@@ -227,9 +234,10 @@ def eta_seconds(status: StatusLike) -> float | None:
     remaining = status.total_bytes - status.verified_bytes
     if remaining <= 0:
         return 0.0
-    if status.download_rate <= 0:
+    rate = sane(status.download_rate)
+    if rate <= 0:
         return None
-    return remaining / status.download_rate
+    return remaining / rate
 
 
 def state_text(state: object) -> str:
@@ -301,7 +309,7 @@ def render_status(status: StatusLike, config: Config, width: int, *, verbose: bo
     text = Text(no_wrap=True, overflow="crop", end="")
 
     # Header: name, state, time, then the endgame marker, waste and hash failures (the name gives way).
-    tail = f"  {state_text(status.state)}  {format_duration(status.elapsed)}"
+    tail = f"  {state_text(status.state)}  {format_duration(sane(status.elapsed))}"
     marks: list[tuple[str, str]] = []
     if snap.endgame:
         marks.append((f"  {ENDGAME_MARKER}", "bold red"))
@@ -323,8 +331,8 @@ def render_status(status: StatusLike, config: Config, width: int, *, verbose: bo
     text.append(BAR_TODO * (bar_width - filled), style="bright_black")
     text.append(f" {frac * PERCENT:5.1f}%", style="bold")
     text.append(f"  {format_size(status.verified_bytes)}/{format_size(status.total_bytes)}")
-    text.append(f"  ↓{format_rate(status.download_rate)}", style="green")
-    text.append(f" ↑{format_rate(status.upload_rate)}", style="cyan")
+    text.append(f"  ↓{format_rate(sane(status.download_rate))}", style="green")
+    text.append(f" ↑{format_rate(sane(status.upload_rate))}", style="cyan")
     text.append(f"  ETA {format_duration(eta_seconds(status))}\n")
 
     unchoking, snubbed = peer_counts(snap)
@@ -390,7 +398,7 @@ def _count(n: int | None) -> str:
 
 
 def _render_peers(text: Text, status: StatusLike, config: Config) -> None:
-    peers = sorted(status.scheduler.peers, key=lambda p: p.rate, reverse=True)
+    peers = sorted(status.scheduler.peers, key=lambda p: sane(p.rate), reverse=True)
     shown = peers[: config.peer_table_rows]
     text.append(f"\n{'address':<{_ADDR_WIDTH}} {'client':<{_CLIENT_WIDTH}} flags "
                 f"{'out/lim':>{2 * _COUNT_WIDTH + 1}} {'rate':>{_RATE_WIDTH}}  why idle\n", style="bold")
@@ -399,13 +407,13 @@ def _render_peers(text: Text, status: StatusLike, config: Config) -> None:
         if p.idle_reason:
             note = p.idle_reason
         elif p.oldest_request_age is not None:
-            note = f"oldest request {p.oldest_request_age:.1f}s of {p.request_timeout:.1f}s"
+            note = f"oldest request {sane(p.oldest_request_age):.1f}s of {sane(p.request_timeout):.1f}s"
         else:
             note = ""
         rows.append(f"{peer_address(p):<{_ADDR_WIDTH}.{_ADDR_WIDTH}} "
                     f"{peer_client(status, p):<{_CLIENT_WIDTH}.{_CLIENT_WIDTH}} {peer_flags(p)} "
                     f"{p.outstanding:>{_COUNT_WIDTH}}/{p.limit:<{_COUNT_WIDTH}} "
-                    f"{format_rate(p.rate):>{_RATE_WIDTH}}  {note}\n")
+                    f"{format_rate(sane(p.rate)):>{_RATE_WIDTH}}  {note}\n")
     text.append("".join(rows))  # one unstyled run: spans are what rich's drawing pays for
     hidden = len(peers) - len(shown)
     if hidden > 0:
@@ -459,8 +467,8 @@ def plain_line(status: StatusLike) -> str:
         f"#{short_id(status.info_hash)}",
         f"{format_size(done)}/{format_size(total)}({pct}%)",
         f"CN:{status.peers_connected}",
-        f"DL:{format_rate(status.download_rate)}",
-        f"UL:{format_rate(status.upload_rate)}",
+        f"DL:{format_rate(sane(status.download_rate))}",
+        f"UL:{format_rate(sane(status.upload_rate))}",
     ]
     eta = eta_seconds(status)
     if eta is not None:
@@ -487,8 +495,8 @@ def summary_lines(result: ResultLike) -> list[str]:
         word = "interrupted" if result.status == RESULT_INTERRUPTED else "failed"
         head = f"Download {word}: {result.name}"
         size = f"got {format_size(result.verified_bytes)} of {format_size(result.total_bytes)}"
-    stats = (f"{size} · time {format_duration(result.download_time)} · "
-             f"average {format_rate(result.average_rate)} · {result.peers_used} peers used · "
+    stats = (f"{size} · time {format_duration(sane(result.download_time))} · "
+             f"average {format_rate(sane(result.average_rate))} · {result.peers_used} peers used · "
              f"wasted {format_size(result.wasted_bytes)} · {result.hash_failures} hash failures")
     return [head, stats]
 
@@ -541,14 +549,14 @@ def progress_record(status: StatusLike) -> dict[str, object]:
         "info_hash": status.info_hash.hex(),
         "name": status.name,
         "state": state_text(status.state),
-        "elapsed": round(status.elapsed, _TIME_DIGITS),
+        "elapsed": round(sane(status.elapsed), _TIME_DIGITS),
         "total_bytes": total,
         "verified_bytes": done,
         "downloaded_bytes": status.downloaded_bytes,
         "uploaded_bytes": status.uploaded_bytes,
         "progress": round(fraction(done, total), _PROGRESS_DIGITS),
-        "download_rate": round(status.download_rate),
-        "upload_rate": round(status.upload_rate),
+        "download_rate": round(sane(status.download_rate)),
+        "upload_rate": round(sane(status.upload_rate)),
         "eta": _eta_json(eta_seconds(status)),
         "peers_connected": status.peers_connected,
         "peers_unchoking": unchoking,
@@ -581,9 +589,9 @@ def result_record(result: ResultLike) -> dict[str, object]:
         "verified_bytes": result.verified_bytes,
         "downloaded_bytes": result.downloaded_bytes,
         "uploaded_bytes": result.uploaded_bytes,
-        "elapsed": round(result.elapsed, _TIME_DIGITS),
-        "download_time": round(result.download_time, _TIME_DIGITS),
-        "average_rate": round(result.average_rate),
+        "elapsed": round(sane(result.elapsed), _TIME_DIGITS),
+        "download_time": round(sane(result.download_time), _TIME_DIGITS),
+        "average_rate": round(sane(result.average_rate)),
         "peers_used": result.peers_used,
         "wasted_bytes": result.wasted_bytes,
         "hash_failures": result.hash_failures,

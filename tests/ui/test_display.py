@@ -321,6 +321,20 @@ def test_progress_is_complete_for_an_empty_download_and_eta_unknown_without_rate
     assert "ETA -" in text
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_a_bad_rate_or_time_never_makes_a_view_raise(bad: float) -> None:
+    status = make_status(download_rate=bad, upload_rate=bad, elapsed=bad,
+                         scheduler=snapshot(peers=(peer(1, rate=bad, oldest_request_age=bad),)))
+    text, _ = render_text(status, verbose=True)
+    assert "ETA -" in text and "↓0B/s" in text
+    assert "DL:0B/s" in plain_line(status)
+    record = json.loads(json.dumps(progress_record(status), allow_nan=False))
+    assert record["download_rate"] == 0 and record["eta"] is None
+    result = make_result(average_rate=bad, download_time=bad, elapsed=bad)
+    assert "average 0B/s" in summary_lines(result)[1]
+    assert json.loads(json.dumps(result_record(result), allow_nan=False))["average_rate"] == 0
+
+
 # --- plain lines -------------------------------------------------------------------------------------
 
 
