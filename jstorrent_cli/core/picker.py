@@ -132,6 +132,7 @@ class Picker:
         # needed = wanted and not verified
         self.needed = bytearray(w & (1 - v) for w, v in zip(self.wanted, self.verified, strict=True))
         self.needed_count = sum(self.needed)
+        self.wanted_count = sum(self.wanted)
         self.wanted_bytes = sum(self.piece_size(i) for i in range(num_pieces) if self.wanted[i])
         self.verified_wanted_bytes = sum(
             self.piece_size(i) for i in range(num_pieces) if self.wanted[i] and self.verified[i]

@@ -314,7 +314,7 @@ class Scheduler:
         )
         fully = sum(1 for ap in picker.active.values() if ap.n_free == 0 and ap.n_written < ap.nblocks)
         partial = len(picker.partial)
-        wanted_count = sum(picker.wanted)
+        wanted_count = picker.wanted_count
         verified = wanted_count - picker.needed_count
         return SchedulerSnapshot(
             peers=peers,

@@ -1,0 +1,449 @@
+"""Unit tests of the scheduler's policy: limits, timeouts, rejects, interest, hash failures, bans, snapshot."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from jstorrent_cli.config import DEFAULT_CONFIG, Config, KiB
+from jstorrent_cli.core import messages as m
+from jstorrent_cli.core.picker import PieceState
+from jstorrent_cli.core.scheduler import Scheduler
+
+BS = DEFAULT_CONFIG.block_size
+
+
+def make(num_pieces: int = 4, blocks: int = 4, config: Config = DEFAULT_CONFIG, seed: int = 0,
+         **kwargs: object) -> Scheduler:
+    piece_length = blocks * BS
+    return Scheduler(num_pieces, piece_length, num_pieces * piece_length, config, random.Random(seed),
+                     **kwargs)  # type: ignore[arg-type]
+
+
+def requests(commands: list[m.Command], peer: object = None) -> list[m.BlockRef]:
+    return [r for c in commands if isinstance(c, m.SendRequests) and (peer is None or c.peer == peer)
+            for r in c.requests]
+
+
+def cancels(commands: list[m.Command], peer: object = None) -> list[m.BlockRef]:
+    return [r for c in commands if isinstance(c, m.SendCancels) and (peer is None or c.peer == peer)
+            for r in c.cancels]
+
+
+def join(s: Scheduler, peer: int, now: float = 0.0, unchoke: bool = True, **kwargs: object) -> list[m.Command]:
+    fact = m.PeerJoined(peer, kwargs.pop("ip", f"127.0.0.{peer + 2}"), **kwargs)  # type: ignore[arg-type]
+    out = s.handle(fact, now)
+    if unchoke:
+        out += s.handle(m.Unchoked(peer), now)
+    return out
+
+
+def deliver(s: Scheduler, peer: int, refs: list[m.BlockRef], now: float, fill: int = 0) -> list[m.Command]:
+    return s.handle(m.BlocksReceived(peer, tuple((p, b, bytes([fill]) * n) for p, b, n in refs)), now)
+
+
+def bitfield(num_pieces: int, have: set[int]) -> bytes:
+    out = bytearray((num_pieces + 7) // 8)
+    for i in have:
+        out[i // 8] |= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+
+def test_slow_start_from_initial_limit_and_one_more_per_block() -> None:
+    s = make(num_pieces=20)
+    out = join(s, 0, have_all=True)
+    first = requests(out, 0)
+    assert len(first) == DEFAULT_CONFIG.peer_limit_initial
+    out = deliver(s, 0, first[:1], 0.01)
+    # one slot freed plus one more slot: two new requests
+    assert len(requests(out, 0)) == 2
+    assert s.snapshot().peers[0].limit == DEFAULT_CONFIG.peer_limit_initial + 1
+
+
+def test_limit_is_bounded_by_the_peers_reqq() -> None:
+    s = make(num_pieces=20)
+    out = join(s, 0, have_all=True, reqq=3)
+    assert len(requests(out, 0)) == 3
+    now = 0.0
+    pending = requests(out, 0)
+    for _ in range(30):
+        now += 0.01
+        out = deliver(s, 0, pending[:1], now)
+        pending = pending[1:] + requests(out, 0)
+        assert s.snapshot().peers[0].outstanding <= 3
+    assert s.snapshot().peers[0].limit == 3
+
+
+def test_limit_follows_rate_after_slow_start() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_queue_seconds=1.0, peer_rate_window=1.0)
+    s = make(num_pieces=200, blocks=16, config=config)
+    pending = requests(join(s, 0, have_all=True), 0)
+    now = 0.0
+    # 20 blocks per second = 320 KiB/s: the target is 20 blocks in the queue
+    for _ in range(200):
+        now += 0.05
+        out = deliver(s, 0, pending[:1], now)
+        pending = pending[1:] + requests(out, 0)
+    peer = s.snapshot().peers[0]
+    assert not peer.slow_start
+    assert peer.rate == pytest.approx(20 * BS, rel=0.1)
+    assert 18 <= peer.limit <= 22
+
+
+def test_choke_halves_the_limit_and_releases_requests() -> None:
+    s = make(num_pieces=20)
+    pending = requests(join(s, 0, have_all=True), 0)
+    now = 0.0
+    for _ in range(12):
+        now += 0.01
+        out = deliver(s, 0, pending[:1], now)
+        pending = pending[1:] + requests(out, 0)
+    before = s.snapshot().peers[0].limit
+    s.handle(m.Choked(0), now)
+    peer = s.snapshot().peers[0]
+    assert peer.limit == before // 2 and peer.outstanding == 0
+    assert s.snapshot().bytes_in_flight == 0
+
+
+def test_timeout_releases_cancels_bars_and_halves() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=8, request_timeout_initial=5.0)
+    s = make(num_pieces=4, config=config)
+    held = requests(join(s, 0, have_all=True), 0)
+    assert len(held) == 8
+    out = s.handle(m.Tick(), 4.9)
+    assert not cancels(out)
+    out = s.handle(m.Tick(), 5.0)
+    assert sorted(cancels(out, 0)) == sorted(held)  # every request timed out together
+    assert all(s.is_barred(0, p) for p, _, _ in held)
+    snap = s.snapshot()
+    assert snap.peers[0].limit == 4 and snap.bytes_in_flight == sum(n for _, _, n in requests(out, 0))
+    # the peer is not asked for the same pieces again at once
+    assert not {p for p, _, _ in requests(out, 0)} & {p for p, _, _ in held}
+
+
+def test_adaptive_deadline_follows_request_times() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, request_timeout_min=0.5)
+    s = make(num_pieces=40, config=config)
+    pending = requests(join(s, 0, have_all=True), 0)
+    now = 0.0
+    for _ in range(50):
+        now += 0.25
+        out = deliver(s, 0, pending[:1], now)
+        pending = pending[1:] + requests(out, 0)
+    timeout = s.snapshot().peers[0].request_timeout
+    assert config.request_timeout_min <= timeout < DEFAULT_CONFIG.request_timeout_initial
+
+
+def test_snubbed_peer_gets_limit_one_then_recovers() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=6, request_timeout_initial=100.0,
+                                 snub_timeout=20.0)
+    s = make(num_pieces=4, config=config)
+    held = requests(join(s, 0, have_all=True), 0)
+    out = s.handle(m.Tick(), 20.0)
+    peer = s.snapshot().peers[0]
+    assert peer.snubbed and peer.limit == 1 and peer.outstanding == 1
+    assert len(cancels(out, 0)) == 5
+    kept = [r for r in held if r not in cancels(out, 0)]
+    out = deliver(s, 0, kept, 21.0)
+    peer = s.snapshot().peers[0]
+    assert not peer.snubbed and peer.limit == config.peer_limit_min
+
+
+# --- rejects ----------------------------------------------------------------------------------------
+
+
+def test_reject_bars_the_piece_for_that_peer_no_request_storm() -> None:
+    s = make(num_pieces=3, blocks=4, config=dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=2))
+    pending = requests(join(s, 0, have_all=True), 0)
+    now = 0.0
+    sent = len(pending)
+    # the peer rejects everything at wire speed
+    while pending:
+        piece, begin, length = pending.pop(0)
+        out = s.handle(m.RequestRejected(0, piece, begin, length), now)
+        new = requests(out, 0)
+        assert all(p != piece for p, _, _ in new)
+        pending += new
+        sent += len(new)
+    assert sent <= 3 * 2  # at most one round of requests per piece, then it waits
+    assert s.snapshot().peers[0].outstanding == 0
+    # once the retry delay passed, the pieces are asked again
+    out = s.handle(m.Tick(), now + DEFAULT_CONFIG.piece_retry_delay)
+    assert requests(out, 0)
+
+
+def test_rejected_blocks_go_to_another_peer_at_once() -> None:
+    s = make(num_pieces=1, blocks=4, config=dataclasses.replace(DEFAULT_CONFIG, endgame_max_dups=1))
+    held = requests(join(s, 0, have_all=True), 0)
+    join(s, 1, have_all=True)
+    out = s.handle(m.RequestRejected(0, *held[0]), 0.1)
+    assert requests(out, 1) == [held[0]]
+
+
+# --- interest, have, finished -------------------------------------------------------------------------
+
+
+def test_interest_follows_what_the_peer_has() -> None:
+    s = make(num_pieces=10)
+    out = join(s, 0, bitfield=bitfield(10, set()), unchoke=False)
+    assert not [c for c in out if isinstance(c, m.SendInterested)]
+    out = s.handle(m.Have(0, 3), 0.0)
+    assert m.SendInterested(0) in out
+    out = s.handle(m.Unchoked(0), 0.0)
+    refs = requests(out, 0)
+    assert {p for p, _, _ in refs} == {3}
+    out = deliver(s, 0, refs, 0.1)
+    [write] = [c for c in out if isinstance(c, m.WriteBlocks)]
+    out = s.handle(m.BlocksWritten(tuple((p, b, len(d)) for p, b, d in write.blocks)), 0.2)
+    assert m.HashPiece(3) in out
+    out = s.handle(m.PieceHashed(3, True), 0.3)
+    assert m.SendHave(3) in out and m.SendNotInterested(0) in out
+
+
+def test_finished_once_when_every_wanted_piece_is_verified() -> None:
+    wanted = [True, False, True]
+    s = make(num_pieces=3, blocks=2, wanted=wanted)
+    out = join(s, 0, have_all=True)
+    assert {p for p, _, _ in requests(out, 0)} == {0, 2}  # the unwanted piece is never asked for
+    finished = []
+    pending = requests(out, 0)
+    now = 0.0
+    while pending:
+        now += 0.1
+        out = deliver(s, 0, pending, now)
+        pending = requests(out, 0)
+        for c in out:
+            if isinstance(c, m.WriteBlocks):
+                out2 = s.handle(m.BlocksWritten(tuple((p, b, len(d)) for p, b, d in c.blocks)), now)
+                for h in out2:
+                    if isinstance(h, m.HashPiece):
+                        finished += [c2 for c2 in s.handle(m.PieceHashed(h.piece, True), now)
+                                     if isinstance(c2, m.Finished)]
+    assert finished == [m.Finished()]
+    snap = s.snapshot()
+    assert snap.finished and snap.done_bytes == snap.total_bytes == 4 * BS
+    assert s.piece_state(1) is PieceState.UNWANTED
+    assert not [c for c in s.handle(m.Tick(), now + 1) if isinstance(c, m.Finished)]
+
+
+def test_resume_with_have_mask() -> None:
+    s = make(num_pieces=3, have=[True, True, True])
+    assert m.Finished() in s.handle(m.Tick(), 0.0)
+    s = make(num_pieces=3, have=[True, False, True])
+    out = join(s, 0, have_all=True)
+    assert {p for p, _, _ in requests(out, 0)} == {1}
+
+
+# --- blocks -----------------------------------------------------------------------------------------
+
+
+def test_endgame_first_arrival_wins_and_late_copies_are_wasted() -> None:
+    s = make(num_pieces=1, blocks=2, config=dataclasses.replace(DEFAULT_CONFIG, endgame_max_dups=2))
+    held = requests(join(s, 0, have_all=True), 0)
+    assert len(held) == 2 and s.snapshot().endgame
+    out = join(s, 1, have_all=True)
+    assert sorted(requests(out, 1)) == sorted(held)  # duplicates of the oldest requests
+    assert s.snapshot().bytes_in_flight == 2 * BS  # counted once per block
+    out = deliver(s, 1, held[:1], 0.1)
+    assert cancels(out, 0) == held[:1]
+    [write] = [c for c in out if isinstance(c, m.WriteBlocks)]
+    assert [(p, b) for p, b, _ in write.blocks] == [held[0][:2]]
+    out = deliver(s, 0, held[:1], 0.2)  # the cancelled copy arrives anyway
+    assert not [c for c in out if isinstance(c, m.WriteBlocks)]
+    assert s.snapshot().wasted_bytes == BS
+
+
+def test_block_released_by_choke_is_still_accepted_if_useful() -> None:
+    s = make(num_pieces=1, blocks=2, config=dataclasses.replace(DEFAULT_CONFIG, endgame_max_dups=1))
+    held = requests(join(s, 0, have_all=True), 0)
+    s.handle(m.Choked(0), 0.1)
+    out = join(s, 1, have_all=True, now=0.1)
+    assert sorted(requests(out, 1)) == sorted(held)
+    out = deliver(s, 0, held[:1], 0.2)  # it was already on the wire when the choke came
+    assert [c for c in out if isinstance(c, m.WriteBlocks)]
+    assert cancels(out, 1) == held[:1]
+    assert s.snapshot().bytes_in_flight == BS and s.snapshot().bytes_waiting_for_disk == BS
+
+
+@pytest.mark.parametrize("block", [(9, 0, BS), (0, 1, BS), (0, 0, BS - 1), (0, 4 * BS, BS)])
+def test_block_that_cannot_exist_drops_the_peer(block: m.BlockRef) -> None:
+    s = make(num_pieces=2, blocks=4)
+    join(s, 0, have_all=True)
+    out = deliver(s, 0, [block], 0.1)
+    assert any(isinstance(c, m.DropPeer) and c.peer == 0 for c in out)
+    assert s.snapshot().peers == () and s.snapshot().bytes_in_flight == 0
+
+
+def test_malformed_bitfield_and_have_drop_the_peer() -> None:
+    s = make(num_pieces=10)
+    out = s.handle(m.PeerJoined(0, "127.0.0.2", bitfield=b"\xff"), 0.0)  # too short
+    assert out == [m.DropPeer(0, "malformed bitfield")]
+    out = s.handle(m.PeerJoined(1, "127.0.0.3", bitfield=b"\x00\x01"), 0.0)  # spare bit set
+    assert out == [m.DropPeer(1, "malformed bitfield")]
+    join(s, 2, bitfield=bitfield(10, {1}))
+    out = s.handle(m.Have(2, 10), 0.0)
+    assert any(isinstance(c, m.DropPeer) for c in out)
+    assert s.handle(m.PeerGone(2), 0.0) == []  # the late PeerGone is harmless
+
+
+# --- hash failures and bans ---------------------------------------------------------------------------
+
+
+def complete_piece(s: Scheduler, sources: dict[int, list[m.BlockRef]], now: float, fill: dict[int, int]) -> int:
+    piece = -1
+    for peer, refs in sources.items():
+        out = deliver(s, peer, refs, now, fill=fill.get(peer, 0))
+        for c in out:
+            if isinstance(c, m.WriteBlocks):
+                for h in s.handle(m.BlocksWritten(tuple((p, b, len(d)) for p, b, d in c.blocks)), now):
+                    if isinstance(h, m.HashPiece):
+                        piece = h.piece
+    return piece
+
+
+def test_sole_contributor_of_a_bad_piece_is_banned_by_ip() -> None:
+    s = make(num_pieces=2, blocks=2, config=dataclasses.replace(DEFAULT_CONFIG, endgame_max_dups=1))
+    held = requests(join(s, 0, have_all=True, ip="127.0.0.9"), 0)
+    piece = complete_piece(s, {0: [r for r in held if r[0] == held[0][0]]}, 0.1, {})
+    out = s.handle(m.PieceHashed(piece, False), 0.2)
+    assert any(isinstance(c, m.BanPeer) and c.ip == "127.0.0.9" for c in out)
+    assert any(isinstance(c, m.DropPeer) and c.peer == 0 for c in out)
+    snap = s.snapshot()
+    assert snap.hash_failures == 1 and snap.banned_ips == {"127.0.0.9"}
+    assert snap.wasted_bytes == 2 * BS and s.piece_state(piece) is PieceState.MISSING
+    # the liar reconnects from another port (another peer id): still banned
+    out = s.handle(m.PeerJoined(7, "127.0.0.9", have_all=True), 1.0)
+    assert out == [m.DropPeer(7, "banned IP address")]
+    # an honest peer gets the piece's blocks again
+    out = join(s, 1, have_all=True, now=1.0)
+    assert {p for p, _, _ in requests(out, 1)} == {0, 1}
+
+
+def test_shared_bad_pieces_raise_suspicion_until_the_threshold() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1,
+                                 hash_fail_ban_threshold=2, endgame_max_dups=1)
+    s = make(num_pieces=1, blocks=2, config=config)
+    banned: list[str] = []
+    for attempt in range(2):
+        now = float(attempt)
+        if attempt == 0:
+            r0 = requests(join(s, 0, have_all=True, now=now, reqq=1), 0)
+            r1 = requests(join(s, 1, have_all=True, now=now, reqq=1), 1)
+        piece = complete_piece(s, {0: r0, 1: r1}, now + 0.1, {})
+        out = s.handle(m.PieceHashed(piece, False), now + 0.2)
+        banned += [c.ip for c in out if isinstance(c, m.BanPeer)]
+        r0, r1 = requests(out, 0), requests(out, 1)
+        if attempt == 0:
+            assert banned == [] and len(r0) == 1 and len(r1) == 1
+    assert sorted(banned) == ["127.0.0.2", "127.0.0.3"]
+
+
+def test_block_digests_name_the_liar_once_the_piece_passes() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1, endgame_max_dups=1)
+    s = make(num_pieces=1, blocks=2, config=config)
+    r0 = requests(join(s, 0, have_all=True, reqq=1), 0)
+    r1 = requests(join(s, 1, have_all=True, reqq=1), 1)
+    piece = complete_piece(s, {0: r0, 1: r1}, 0.1, {})
+    good, bad = b"g" * 20, b"b" * 20
+    # peer 0 sent the first block: its digest differs from the one that finally passes
+    blocks_of = {r0[0][1] // BS: 0, r1[0][1] // BS: 1}
+    digests = tuple(bad if blocks_of[i] == 0 else good for i in range(2))
+    out = s.handle(m.PieceHashed(piece, False, digests), 0.2)
+    assert not [c for c in out if isinstance(c, m.BanPeer)]
+    s.handle(m.PeerGone(0), 0.3)
+    refs = requests(s.handle(m.Tick(), 0.3), 1) + requests(out, 1)
+    pending = refs
+    now = 0.3
+    while True:
+        now += 0.1
+        out = deliver(s, 1, pending, now)
+        hashed = None
+        for c in out:
+            if isinstance(c, m.WriteBlocks):
+                for h in s.handle(m.BlocksWritten(tuple((p, b, len(d)) for p, b, d in c.blocks)), now):
+                    if isinstance(h, m.HashPiece):
+                        hashed = h.piece
+        if hashed is not None:
+            break
+        pending = requests(out, 1)
+    out = s.handle(m.PieceHashed(piece, True, (good, good)), now)
+    assert [c.ip for c in out if isinstance(c, m.BanPeer)] == ["127.0.0.2"]
+
+
+# --- the budget and the snapshot -------------------------------------------------------------------------
+
+
+def test_budget_bounds_requests_and_frees_on_write() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=5 * BS, peer_limit_initial=10)
+    s = make(num_pieces=4, config=config)
+    held = requests(join(s, 0, have_all=True), 0)
+    assert len(held) == 5
+    snap = s.snapshot()
+    assert snap.bytes_in_flight == 5 * BS and snap.peers[0].idle_reason is None
+    out = deliver(s, 0, held, 0.1)
+    assert not requests(out, 0)  # received, not written: the room is still taken
+    assert s.snapshot().bytes_waiting_for_disk == 5 * BS
+    [write] = [c for c in out if isinstance(c, m.WriteBlocks)]
+    out = s.handle(m.BlocksWritten(tuple((p, b, len(d)) for p, b, d in write.blocks[:2])), 0.2)
+    assert len(requests(out, 0)) == 2
+    assert s.snapshot().budget_used == 5 * BS
+
+
+def test_snapshot_piece_states_and_idle_reasons() -> None:
+    s = make(num_pieces=4, blocks=4, config=dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=6))
+    join(s, 0, have_all=True)
+    join(s, 1, bitfield=bitfield(4, set()))
+    join(s, 2, have_all=True, unchoke=False)
+    snap = s.snapshot()
+    assert snap.pieces_fully_requested == 1 and snap.pieces_partial == 1 and snap.pieces_missing == 2
+    reasons = {p.peer: p.idle_reason for p in snap.peers}
+    assert reasons == {0: None, 1: "has nothing we want", 2: "choked"}
+    assert snap.total_bytes == 4 * 4 * BS and snap.done_bytes == 0 and not snap.endgame
+
+
+def test_sequential_mode_asks_in_piece_order() -> None:
+    s = make(num_pieces=8, blocks=1, config=dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=5),
+             sequential=True)
+    out = join(s, 0, have_all=True)
+    assert [p for p, _, _ in requests(out, 0)] == [0, 1, 2, 3, 4]
+
+
+def test_rarest_piece_first() -> None:
+    s = make(num_pieces=8, blocks=4, config=dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=4))
+    for peer in range(3):
+        join(s, peer, bitfield=bitfield(8, {0, 1, 2, 3, 4, 5, 6}), unchoke=False)
+    join(s, 3, bitfield=bitfield(8, {0, 1, 2, 3, 4, 5, 7}), unchoke=False)
+    out = s.handle(m.Unchoked(3), 0.0)
+    assert {p for p, _, _ in requests(out, 3)} == {7}
+
+
+def test_pieces_a_fast_peer_started_stay_with_it() -> None:
+    s = make(num_pieces=8, blocks=8, config=dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=4))
+    a = requests(join(s, 0, have_all=True), 0)
+    b = requests(join(s, 1, have_all=True), 1)
+    assert len({p for p, _, _ in a}) == 1 and len({p for p, _, _ in b}) == 1
+    assert {p for p, _, _ in a} != {p for p, _, _ in b}  # each starts its own piece
+    out = deliver(s, 0, a[:1], 0.1)
+    assert {p for p, _, _ in requests(out, 0)} == {a[0][0]}  # and keeps to it
+
+
+def test_80000_pieces_join_and_request_quickly() -> None:
+    s = Scheduler(80_000, 256 * KiB, 80_000 * 256 * KiB, DEFAULT_CONFIG, random.Random(1))
+    have = set(range(0, 80_000, 3))
+    out = join(s, 0, bitfield=bitfield(80_000, have))
+    out += join(s, 1, have_all=True)
+    assert {p for p, _, _ in requests(out, 0)} <= have
+    assert requests(out, 1)
+    assert s.snapshot().pieces_wanted == 80_000
+
+
+def test_peer_joining_twice_is_a_caller_bug() -> None:
+    s = make()
+    join(s, 0, have_all=True)
+    with pytest.raises(ValueError):
+        s.handle(m.PeerJoined(0, "127.0.0.2"), 0.0)
