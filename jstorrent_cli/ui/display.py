@@ -15,11 +15,12 @@ where the session hands them to the views.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
 import trio
 from rich.console import Console
@@ -39,6 +40,7 @@ PERCENT = 100
 # Peer table column widths: "255.255.255.255:65535" is 21 characters; the rest fit their contents.
 _ADDR_WIDTH = 21
 _CLIENT_WIDTH = 16
+_FLAGS_WIDTH = 7  # one column per flag of peer_flags
 _COUNT_WIDTH = 3
 _RATE_WIDTH = 11
 
@@ -51,10 +53,11 @@ GAUGE_FREE = "░"
 ENDGAME_MARKER = "ENDGAME"
 
 # Peer flags, one fixed column each ('.' when unset), in the manner of libtorrent's client_test:
-# I we are interested, C the peer chokes us, i the peer is interested in us, S snubbed (limit 1),
-# W warming up (slow start).
+# I we are interested, C the peer chokes us, i the peer is interested in us, c we choke the peer,
+# S snubbed (limit 1), W warming up (slow start), r the peer connected to us.
 FLAG_UNSET = "."
-PEER_FLAGS_LEGEND = "I=interested C=choked-by-peer i=peer-interested S=snubbed W=slow-start"
+PEER_FLAGS_LEGEND = ("I=we-interested C=peer-chokes-us i=peer-interested c=we-choke-peer S=snubbed "
+                     "W=slow-start r=incoming")
 
 
 # --- what the views read ---------------------------------------------------------------------------
@@ -188,6 +191,21 @@ class ResultLike(Protocol):
     def hash_failures(self) -> int: ...
 
 
+class PeerDetailLike(Protocol):
+    """What the session knows of one connection beyond the scheduler's view (optional: read from
+    ``status.peer_details``, a mapping peer id -> detail, when the session provides it)."""
+
+    @property
+    def port(self) -> int: ...
+    @property
+    def incoming(self) -> bool: ...
+    @property
+    def am_choking(self) -> bool: ...
+
+
+_DETAIL_FIELDS = ("port", "incoming", "am_choking")
+
+
 class TrackerLike(Protocol):
     """tasks/tracker.py TrackerStatus, as far as the live view reads it."""
 
@@ -261,35 +279,42 @@ def peer_counts(snapshot: SnapshotLike) -> tuple[int, int]:
     return unchoking, snubbed
 
 
-def peer_address(peer: PeerLike) -> str:
-    """'host:port' when the peer id is a (host, port) pair (IPv6 in brackets), else the IP."""
-    pid = peer.peer
-    if isinstance(pid, tuple) and len(pid) == 2 and isinstance(pid[0], str) and isinstance(pid[1], int):
-        host, port = pid
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return peer.ip
+def peer_detail(status: StatusLike, peer: PeerLike) -> PeerDetailLike | None:
+    """The session's per-connection facts about a peer, when the status carries `peer_details`."""
+    details = getattr(status, "peer_details", None)
+    if not isinstance(details, Mapping):
+        return None
+    detail = details.get(peer.peer)
+    if detail is None or not all(hasattr(detail, name) for name in _DETAIL_FIELDS):
+        return None
+    return cast(PeerDetailLike, detail)
+
+
+def peer_address(peer: PeerLike, detail: PeerDetailLike | None = None) -> str:
+    """'ip:port' when the port is known (IPv6 in brackets), else the IP."""
+    if detail is None:
+        return peer.ip
+    return f"[{peer.ip}]:{detail.port}" if ":" in peer.ip else f"{peer.ip}:{detail.port}"
 
 
 def peer_client(status: StatusLike, peer: PeerLike) -> str:
     return status.peer_clients.get(peer.peer, "")
 
 
-def peer_flags(peer: PeerLike) -> str:
+def peer_flags(peer: PeerLike, detail: PeerDetailLike | None = None) -> str:
+    """One fixed column per flag, '.' when unset (or unknown); see PEER_FLAGS_LEGEND."""
     return "".join((
         "I" if peer.am_interested else FLAG_UNSET,
         "C" if peer.peer_choking else FLAG_UNSET,
         "i" if peer.peer_interested else FLAG_UNSET,
+        "c" if detail is not None and detail.am_choking else FLAG_UNSET,
         "S" if peer.snubbed else FLAG_UNSET,
         "W" if peer.slow_start else FLAG_UNSET,
+        "r" if detail is not None and detail.incoming else FLAG_UNSET,
     ))
 
 
 # --- the live view -------------------------------------------------------------------------------
-
-
-def _bar(frac: float, width: int) -> str:
-    filled = min(int(frac * width), width)
-    return BAR_DONE * filled + BAR_TODO * (width - filled)
 
 
 def gauge_cells(in_flight: int, to_disk: int, budget: int, width: int) -> tuple[int, int, int]:
@@ -317,7 +342,7 @@ def render_status(status: StatusLike, config: Config, width: int, *, verbose: bo
     elif snap.wasted_bytes:
         marks.append((f"  wasted {format_size(snap.wasted_bytes)}", "dim"))
     if snap.hash_failures:
-        marks.append((f"  {snap.hash_failures} hash failures", "red"))
+        marks.append((f"  {_plural(snap.hash_failures, 'hash failure')}", "red"))
     room = width - len(tail) - sum(len(m) for m, _ in marks)
     text.append(_fit(status.name, room), style="bold")
     text.append(tail, style="dim")
@@ -386,6 +411,10 @@ _MAP_STYLES = {
 }
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _fit(name: str, room: int) -> str:
     """`name` cut to `room` characters with an ellipsis (at least one character stays)."""
     if len(name) <= room:
@@ -400,8 +429,9 @@ def _count(n: int | None) -> str:
 def _render_peers(text: Text, status: StatusLike, config: Config) -> None:
     peers = sorted(status.scheduler.peers, key=lambda p: sane(p.rate), reverse=True)
     shown = peers[: config.peer_table_rows]
-    text.append(f"\n{'address':<{_ADDR_WIDTH}} {'client':<{_CLIENT_WIDTH}} flags "
-                f"{'out/lim':>{2 * _COUNT_WIDTH + 1}} {'rate':>{_RATE_WIDTH}}  why idle\n", style="bold")
+    text.append(f"\n{'address':<{_ADDR_WIDTH}} {'client':<{_CLIENT_WIDTH}} {'flags':<{_FLAGS_WIDTH}} "
+                f"{'out/lim':>{2 * _COUNT_WIDTH + 1}} {'down':>{_RATE_WIDTH}}  why idle / oldest request\n",
+                style="bold")
     rows: list[str] = []
     for p in shown:
         if p.idle_reason:
@@ -410,8 +440,9 @@ def _render_peers(text: Text, status: StatusLike, config: Config) -> None:
             note = f"oldest request {sane(p.oldest_request_age):.1f}s of {sane(p.request_timeout):.1f}s"
         else:
             note = ""
-        rows.append(f"{peer_address(p):<{_ADDR_WIDTH}.{_ADDR_WIDTH}} "
-                    f"{peer_client(status, p):<{_CLIENT_WIDTH}.{_CLIENT_WIDTH}} {peer_flags(p)} "
+        detail = peer_detail(status, p)
+        rows.append(f"{peer_address(p, detail):<{_ADDR_WIDTH}.{_ADDR_WIDTH}} "
+                    f"{peer_client(status, p):<{_CLIENT_WIDTH}.{_CLIENT_WIDTH}} {peer_flags(p, detail)} "
                     f"{p.outstanding:>{_COUNT_WIDTH}}/{p.limit:<{_COUNT_WIDTH}} "
                     f"{format_rate(sane(p.rate)):>{_RATE_WIDTH}}  {note}\n")
     text.append("".join(rows))  # one unstyled run: spans are what rich's drawing pays for
@@ -438,10 +469,18 @@ class RichDisplay:
         period = 1.0 / self._config.refresh_hz
         with Live(console=self.console, auto_refresh=False, transient=False,
                   redirect_stdout=False, redirect_stderr=True) as live:
-            while True:
-                live.update(self.render(poll()), refresh=True)
-                self.refreshes += 1
-                await trio.sleep(period)
+            try:
+                while True:
+                    live.update(self.render(poll()), refresh=True)
+                    self.refreshes += 1
+                    await trio.sleep(period)
+            except trio.Cancelled:
+                # Leave the final state on screen, not the one from up to a period ago (Live draws it
+                # on exit). Cosmetic only: a status that cannot be read at shutdown keeps the old frame
+                # rather than replace the cancellation with an error of its own.
+                with contextlib.suppress(Exception):
+                    live.update(self.render(poll()))
+                raise
 
     def finish(self, result: ResultLike) -> None:
         lines = summary_lines(result)
@@ -496,8 +535,8 @@ def summary_lines(result: ResultLike) -> list[str]:
         head = f"Download {word}: {result.name}"
         size = f"got {format_size(result.verified_bytes)} of {format_size(result.total_bytes)}"
     stats = (f"{size} · time {format_duration(sane(result.download_time))} · "
-             f"average {format_rate(sane(result.average_rate))} · {result.peers_used} peers used · "
-             f"wasted {format_size(result.wasted_bytes)} · {result.hash_failures} hash failures")
+             f"average {format_rate(sane(result.average_rate))} · {_plural(result.peers_used, 'peer')} used · "
+             f"wasted {format_size(result.wasted_bytes)} · {_plural(result.hash_failures, 'hash failure')}")
     return [head, stats]
 
 

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -57,7 +58,7 @@ INFO_HASH = bytes.fromhex("1a2b3c4d5e6f708192a3b4c5d6e7f80912a3b4c5")
 
 def peer(n: int, **changes: object) -> PeerSnapshot:
     base = PeerSnapshot(
-        peer=(f"127.0.0.{n + 2}", 6881 + n), ip=f"127.0.0.{n + 2}", outstanding=4, limit=16,
+        peer=n, ip=f"127.0.0.{n + 2}", outstanding=4, limit=16,
         rate=float(n * 10 * KiB), peer_choking=False, am_interested=True, peer_interested=False,
         snubbed=False, slow_start=False, request_timeout=4.0, oldest_request_age=1.5, idle_reason=None,
         bytes_received=n * MiB, wasted_bytes=0,
@@ -280,6 +281,24 @@ def test_live_view_tracker_line() -> None:
     assert lines == ["tracker ok, 57 peers received (3 seeders, 9 leechers)", "tracker error: connection refused"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Detail:
+    port: int
+    incoming: bool
+    am_choking: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusWithDetails:
+    """A SessionStatus plus the optional `peer_details` the views read when present."""
+
+    base: SessionStatus
+    peer_details: dict[int, Detail]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
 def test_verbose_peer_table() -> None:
     peers = (
         peer(1, rate=100.0 * KiB),
@@ -288,18 +307,24 @@ def test_verbose_peer_table() -> None:
              peer_interested=True),
         peer(4, snubbed=True, outstanding=1, limit=1, rate=0.0),
     )
-    status = make_status(scheduler=snapshot(peers=peers), peer_clients={("127.0.0.4", 6883): "libtorrent/2.0.9"})
+    status = make_status(scheduler=snapshot(peers=peers), peer_clients={2: "libtorrent/2.0.9"})
     text, _ = render_text(status, verbose=True)
     rows = [line for line in text.splitlines() if line.startswith("127.0.0.")]
-    assert [row.split()[0] for row in rows] == ["127.0.0.4:6883", "127.0.0.3:6882", "127.0.0.5:6884",
-                                                "127.0.0.6:6885"]  # fastest first
+    assert [row.split()[0] for row in rows] == ["127.0.0.4", "127.0.0.3", "127.0.0.5", "127.0.0.6"]  # fastest first
     fast = rows[0]
-    assert "libtorrent/2.0.9" in fast and " I...W " in fast and "64/64" in fast and "2.0MiB/s" in fast
+    assert "libtorrent/2.0.9" in fast and " I....W. " in fast and "64/64" in fast and "2.0MiB/s" in fast
     assert "oldest request 1.5s of 4.0s" in fast
     choked = rows[2]
-    assert " ICi.. " in choked and "0/16" in choked and IDLE_CHOKED in choked
-    assert " I..S. " in rows[3] and "1/1" in rows[3]
-    assert "flags: I=interested" in text
+    assert " ICi.... " in choked and "0/16" in choked and IDLE_CHOKED in choked
+    assert " I...S.. " in rows[3] and "1/1" in rows[3]
+    assert "flags: I=we-interested" in text
+    # with the session's per-connection details: ports, our choking, who connected
+    detailed = StatusWithDetails(status, {2: Detail(6883, incoming=True, am_choking=False),
+                                          3: Detail(51413, incoming=False, am_choking=True)})
+    text, _ = render_text(detailed, verbose=True)  # type: ignore[arg-type]
+    rows = [line for line in text.splitlines() if line.startswith("127.0.0.")]
+    assert [row.split()[0] for row in rows] == ["127.0.0.4:6883", "127.0.0.3", "127.0.0.5:51413", "127.0.0.6"]
+    assert " I....Wr " in rows[0] and " ICic... " in rows[2]
     # not verbose: no table
     plain, _ = render_text(status)
     assert not any(line.startswith("127.0.0.") for line in plain.splitlines())
@@ -368,6 +393,8 @@ def test_summary_lines() -> None:
     assert head == "Download complete: ubuntu.iso"
     assert stats == ("size 1.0GiB · time 2m08s · average 8.0MiB/s · 12 peers used · "
                      "wasted 3.0MiB · 2 hash failures")
+    _, stats = summary_lines(make_result(peers_used=1, hash_failures=1))
+    assert "1 peer used" in stats and stats.endswith("1 hash failure")
     head, stats = summary_lines(failed("disk full"))
     assert head == "Download failed: ubuntu.iso"  # the command line prints the error itself
     assert stats.startswith("got 400.0MiB of 1.0GiB · time 50s · average 8.2MiB/s ·")
@@ -500,14 +527,33 @@ async def test_live_loop_refreshes_at_the_configured_rate(autojump_clock: trio.t
         with trio.move_on_after(2.0 + period / 2):  # 2 s and a half period of virtual time
             await display.run(poll)
     expected = int(2 * DEFAULT_CONFIG.refresh_hz) + 1  # t = 0, 0.25, ..., 2.0
-    assert len(calls) == expected
     assert display.refreshes == expected
+    assert len(calls) == expected + 1  # and one more poll on cancellation, for the final frame
     out = ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]
     # every refresh drew a frame, plus the final frame Live leaves on screen when it stops
     assert out.count("ubuntu.iso") == expected + 1
-    # frames show successive polls; the one left on screen is the last poll's
+    # frames show successive polls; the one left on screen is the poll made at cancellation
     shown = re.findall(r"(\d+)\.0MiB/1\.0GiB", out)
-    assert [int(x) for x in shown] == [*range(1, expected + 1), expected]
+    assert [int(x) for x in shown] == [*range(1, expected + 2)]
+
+
+async def test_live_loop_keeps_the_old_frame_when_the_final_poll_fails(
+        autojump_clock: trio.testing.MockClock) -> None:
+    console = Console(file=io.StringIO(), width=100, force_terminal=True)
+    display = RichDisplay(DEFAULT_CONFIG, console=console)
+    calls: list[None] = []
+
+    def poll() -> SessionStatus:
+        if trio.current_effective_deadline() <= trio.current_time():  # being cancelled: session torn down
+            raise RuntimeError("status read after shutdown")
+        calls.append(None)
+        return make_status(verified_bytes=len(calls) * MiB)
+
+    with trio.fail_after(1.0 + DEADLINE):  # virtual seconds under autojump_clock
+        with trio.move_on_after(1.0 + 0.1):
+            await display.run(poll)  # the cancellation, not the RuntimeError, ends it
+    out = ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]
+    assert re.findall(r"(\d+)\.0MiB/1\.0GiB", out)[-1] == str(len(calls))
 
 
 async def test_plain_loop_writes_one_line_per_interval(autojump_clock: trio.testing.MockClock) -> None:
@@ -557,7 +603,7 @@ def test_render_cost_verbose_50_peers_80000_pieces() -> None:
     verified = bytes([1]) * (n // 2) + bytes(n - n // 2)
     wanted = bytes([1]) * n
     active = range(n // 2, n // 2 + 64)
-    peers = tuple(peer(i % 250, peer=(f"10.0.{i // 250}.{i % 250}", 6881 + i),
+    peers = tuple(peer(i % 250, peer=i, ip=f"10.0.{i // 250}.{i % 250}",
                        idle_reason=IDLE_CHOKED if i % 5 == 0 else None) for i in range(50))
     status = make_status(scheduler=snapshot(peers=peers, endgame=True, wasted_bytes=MiB),
                         peer_clients={p.peer: "qBittorrent/4.6.2" for p in peers})
