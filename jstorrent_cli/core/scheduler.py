@@ -453,14 +453,22 @@ class Scheduler:
         writes: list[ReceivedBlock] = []
         outstanding = peer.outstanding
         active = picker.active
+        last_piece = picker.num_pieces - 1
+        last_blocks = picker.last_piece_blocks
+        per_piece = picker.blocks_per_piece
         for entry in fact.blocks:
             piece, begin, data = entry
             length = len(data)
             peer.bytes_received += length
             peer.win_bytes += length
             block, misaligned = divmod(begin, bs)
-            if (misaligned or not 0 <= piece < picker.num_pieces or block < 0
-                    or block >= picker.block_count(piece) or length != picker.block_length(piece, block)):
+            if piece == last_piece:
+                expected = bs if block < last_blocks - 1 else picker.last_piece_length - block * bs
+                too_far = block >= last_blocks
+            else:
+                expected = bs if block < per_piece - 1 else picker.piece_length - block * bs
+                too_far = block >= per_piece
+            if misaligned or too_far or block < 0 or length != expected or not 0 <= piece < last_piece + 1:
                 self._drop(peer, f"PIECE message for a block we never ask for ({piece}, {begin}, {length})")
                 break
             key = (piece, block)
@@ -637,14 +645,20 @@ class Scheduler:
             peer.snubbed = False
             peer.limit = min(config.peer_limit_min, peer.limit_cap)
             return
-        self._measure(peer)
+        now = self._now
+        elapsed = now - peer.win_start
+        if elapsed >= config.peer_rate_window:  # _measure, inlined: this runs for every block
+            peer.rate = peer.win_bytes / elapsed
+            peer.win_start = now
+            peer.win_bytes = 0
         cap = peer.limit_cap
+        target = max(min(config.peer_limit_min, cap),
+                     min(int(peer.rate * config.peer_queue_seconds / self._bs), cap))  # _target
         if peer.slow_start:
             peer.limit = min(peer.limit + 1, cap)
-            if peer.rate > 0 and self._target(peer) <= peer.limit:
+            if peer.rate > 0 and target <= peer.limit:
                 peer.slow_start = False
         else:
-            target = self._target(peer)
             grown = min(peer.limit + 1, target)
             # A lower target never cancels: the limit waits at the outstanding count while it drains.
             peer.limit = max(grown, len(peer.outstanding), 1)
@@ -881,9 +895,14 @@ class Scheduler:
             reqs = self._requests[peer.id] = []
         if not outstanding:
             peer.last_progress = now
+        states = ap.states
+        last_block = ap.nblocks - 1
         while spare > 0 and ap.n_free:
-            block = picker.next_free(ap)
-            length = picker.block_length(piece, block)
+            block = ap.cursor  # picker.next_free, inlined
+            while states[block] != FREE:
+                block += 1
+            ap.cursor = block
+            length = bs if block < last_block else picker.block_length(piece, block)
             if self._in_flight + self._waiting + length > budget:
                 break
             picker.request(ap, block, peer.id, now)
