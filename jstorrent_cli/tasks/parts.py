@@ -36,7 +36,7 @@ from jstorrent_cli.core.resume import bitfield_from_pieces
 from jstorrent_cli.core.selection import piece_is_wanted, wanted_piece_ranges
 from jstorrent_cli.tasks.storage import StorageFile
 
-__all__ = ["PartsGeometry", "layout_for_selection", "parts_file_name"]
+__all__ = ["PartsGeometry", "layout_for_selection", "layout_of", "parts_file_name"]
 
 _LAYOUT_TAG = b"jstorrent parts layout 1:"
 
@@ -65,6 +65,8 @@ class PartsGeometry(Geometry):
     )
 
     def __init__(self, base: Geometry, selected: Collection[int]) -> None:
+        if isinstance(base, PartsGeometry):
+            raise ValueError("a PartsGeometry is built on the torrent's own geometry, not on another one")
         count = base.file_count
         super().__init__(
             [base.file_length(i) for i in range(count)],
@@ -179,3 +181,11 @@ def layout_for_selection(
         return geometry, list(files)
     parts = PartsGeometry(geometry, selected)
     return parts, [*files, StorageFile((parts_file_name(name),), parts.parts_length)]
+
+
+def layout_of(geometry: Geometry) -> tuple[bytes, tuple[int, ...]]:
+    """The resume-state layout token of a geometry and the files whose bytes depend on it
+    (core/resume.trusted_pieces' `layout` and `layout_files`): (b"", ()) for the plain layout."""
+    if isinstance(geometry, PartsGeometry):
+        return geometry.layout_token, (geometry.parts_index,)
+    return b"", ()

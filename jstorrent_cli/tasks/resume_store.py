@@ -25,6 +25,12 @@ verified; `run()` writes at most once per `config.resume_save_interval` and once
 cancelled (shielded), so the state at exit is the last word. Each save takes the verified set
 first, then flushes the data files (`sync`), then stats them, then writes: a piece recorded as
 verified is always on disk.
+
+`recover()` is the start of a download: which pieces are on disk and correct. With a usable state,
+the trusted pieces (core/resume.py's rule) are taken as they are, the recorded pieces that lost
+their trust are re-hashed, and nothing else is read (a partial download of 50 GB is not re-read
+on every start). Without a state, every wanted piece whose files exist is hashed and kept if
+correct, like aria2's -V. Either way a piece of a missing file is never read.
 """
 
 from __future__ import annotations
@@ -41,13 +47,17 @@ import trio
 from jstorrent_cli.config import DEFAULT_CONFIG, Config
 from jstorrent_cli.core import resume
 from jstorrent_cli.core.geometry import Geometry
-from jstorrent_cli.core.resume import FileStat, ResumeState, ResumeStateError
+from jstorrent_cli.core.resume import FileStat, ResumeState, ResumeStateError, trusted_pieces
 from jstorrent_cli.errors import DiskFullError, FileCreateError, StorageError
+from jstorrent_cli.tasks.parts import PartsGeometry, layout_of
+from jstorrent_cli.tasks.verify import PieceResults, Progress, check_pieces
 
 __all__ = [
     "LoadResult",
+    "Recovered",
     "ResumeSaver",
     "StateStore",
+    "recover",
     "stat_files",
     "stat_files_sync",
     "state_file_name",
@@ -240,7 +250,7 @@ class ResumeSaver:
     `root` is the output folder and `paths[i]` the relative path of the geometry's file i (None
     for pad files): with a selective download, the files of `parts.layout_for_selection` and its
     geometry. `verified()` returns the pieces verified so far; `sync()` flushes the data files
-    (Storage.sync). `layout` is the geometry's layout token (b"" for the plain layout).
+    (Storage.sync). `layout` defaults to the geometry's layout token (tasks/parts.py, layout_of).
     """
 
     def __init__(
@@ -253,7 +263,7 @@ class ResumeSaver:
         paths: Sequence[tuple[str, ...] | None],
         verified: Callable[[], Iterable[int]],
         sync: Callable[[], Awaitable[None]] | None = None,
-        layout: bytes = b"",
+        layout: bytes | None = None,
         config: Config = DEFAULT_CONFIG,
     ) -> None:
         if len(paths) != geometry.file_count:
@@ -265,7 +275,7 @@ class ResumeSaver:
         self._paths = tuple(paths)
         self._verified = verified
         self._sync = sync
-        self._layout = layout
+        self._layout = layout_of(geometry)[0] if layout is None else layout
         self._interval = config.resume_save_interval
         self._changed = trio.Event()
         self._dirty = False
@@ -301,3 +311,59 @@ class ResumeSaver:
             if self._dirty or self.saves:
                 with trio.CancelScope(shield=True):
                     await self.save()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a download starts from."""
+
+    verified: frozenset[int]  # pieces on disk and correct: trusted, or hashed ok now
+    trusted: frozenset[int]  # of those, taken from the state without reading
+    checked: PieceResults  # the pieces hashed now and how they came out
+    problem: str | None  # why a state file on disk was ignored (None: used, or there was none)
+
+
+async def recover(
+    store: StateStore,
+    *,
+    info_hash: bytes,
+    geometry: Geometry,
+    root: str | os.PathLike[str],
+    paths: Sequence[tuple[str, ...] | None],
+    piece_hashes: bytes,
+    wanted: Iterable[int] | None = None,
+    progress: Progress | None = None,
+    config: Config = DEFAULT_CONFIG,
+) -> Recovered:
+    """The pieces a download can count as done, from the state file and the data on disk.
+
+    `geometry` and `paths` are the files on disk (with a selective download, those of
+    `parts.layout_for_selection`); `wanted` defaults to every piece, or to a PartsGeometry's wanted
+    pieces. `progress(done, total)` reports the hashing in bytes.
+    """
+    if wanted is None:
+        wanted_set = (
+            {p for r in geometry.wanted_ranges for p in r}
+            if isinstance(geometry, PartsGeometry)
+            else set(range(geometry.piece_count))
+        )
+    else:
+        wanted_set = set(wanted)
+    loaded = await store.load(info_hash=info_hash, piece_count=geometry.piece_count, file_count=geometry.file_count)
+    stats = await stat_files(root, paths)
+    if loaded.state is not None:
+        layout, layout_files = layout_of(geometry)
+        trusted = trusted_pieces(loaded.state, stats, geometry, info_hash=info_hash, layout=layout,
+                                 layout_files=layout_files) & wanted_set
+        candidates = (loaded.state.verified_pieces() & wanted_set) - trusted
+    else:
+        trusted = frozenset()
+        candidates = frozenset(wanted_set)
+    # A piece with a byte in a file that is not there cannot be complete: do not even try to read it.
+    absent: set[int] = set()
+    for index, stat_now in enumerate(stats):
+        if stat_now is None and not geometry.is_pad(index) and geometry.file_length(index):
+            absent.update(geometry.file_pieces(index))
+    checked = await check_pieces(root, paths, geometry, piece_hashes, candidates - absent, progress=progress,
+                                 config=config)
+    return Recovered(frozenset(trusted | checked.ok), frozenset(trusted), checked, loaded.problem)

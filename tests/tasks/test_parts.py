@@ -124,6 +124,8 @@ def test_parts_geometry_places_shared_bytes_and_refuses_unwanted_ones() -> None:
     assert parts.layout_token != b"" and parts.layout_token != PartsGeometry(geometry, {2}).layout_token
     with pytest.raises(ValueError):
         PartsGeometry(geometry, {3})
+    with pytest.raises(ValueError):
+        PartsGeometry(parts, {0})
 
 
 def test_selecting_the_middle_file_keeps_both_neighbours_edges() -> None:

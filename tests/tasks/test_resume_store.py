@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import itertools
 import os
 from collections.abc import Callable
@@ -18,7 +19,9 @@ from jstorrent_cli.core import resume
 from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.core.resume import FileStat, ResumeState, trusted_pieces
 from jstorrent_cli.errors import DiskFullError, StorageError
-from jstorrent_cli.tasks.resume_store import ResumeSaver, StateStore, stat_files, stat_files_sync
+from jstorrent_cli.tasks.parts import PartsGeometry, layout_for_selection
+from jstorrent_cli.tasks.resume_store import ResumeSaver, StateStore, recover, stat_files, stat_files_sync
+from jstorrent_cli.tasks.storage import Storage, StorageFile
 
 DEADLINE = 10
 NAME = "movie"
@@ -237,3 +240,84 @@ async def test_a_touched_file_is_no_longer_trusted_after_a_restart(tmp_path: Pat
         with open(tmp_path / "t" / "b", "ab") as f:
             f.write(b"x")
         assert trusted_pieces(loaded.state, await stat_files(tmp_path, paths), geometry) == set()
+
+
+# --- recover: what a download starts from --------------------------------------------------------
+
+def _payload(root: Path) -> tuple[Geometry, list[tuple[str, ...] | None], bytes, bytes]:
+    """Files a (300 bytes) and b (500 bytes) on disk, pieces of 200; returns hashes and payload too."""
+    payload = bytes((i * 7 + 3) % 251 for i in range(800))
+    (root / "t").mkdir(parents=True, exist_ok=True)
+    (root / "t" / "a").write_bytes(payload[:300])
+    (root / "t" / "b").write_bytes(payload[300:])
+    hashes = b"".join(hashlib.sha1(payload[p * 200 : p * 200 + 200]).digest() for p in range(4))
+    return _geometry(), [("t", "a"), ("t", "b")], hashes, payload
+
+
+async def test_recover_without_state_hashes_existing_data(tmp_path: Path) -> None:
+    geometry, paths, hashes, _ = _payload(tmp_path)
+    (tmp_path / "t" / "b").unlink()  # b missing: pieces 1-3 cannot be complete and are not read
+    with trio.fail_after(DEADLINE):
+        got = await recover(StateStore(tmp_path, NAME), info_hash=HASH, geometry=geometry, root=tmp_path,
+                            paths=paths, piece_hashes=hashes)
+    assert got.verified == {0} and got.trusted == frozenset() and got.problem is None
+    assert got.checked.ok | got.checked.bad | got.checked.missing == {0}
+
+
+async def test_recover_trusts_an_unchanged_state_and_rehashes_only_touched_files(tmp_path: Path) -> None:
+    geometry, paths, hashes, _ = _payload(tmp_path)
+    store = StateStore(tmp_path, NAME)
+    saver = ResumeSaver(store, info_hash=HASH, geometry=geometry, root=tmp_path, paths=paths,
+                        verified=lambda: {0, 1, 2})  # piece 3 complete on disk but not recorded
+    with trio.fail_after(DEADLINE):
+        await saver.save()
+        got = await recover(store, info_hash=HASH, geometry=geometry, root=tmp_path, paths=paths, piece_hashes=hashes)
+        assert got.verified == got.trusted == {0, 1, 2}
+        assert not got.checked.ok | got.checked.bad | got.checked.missing  # nothing read at all
+        # Corrupt a byte of b inside piece 2 and keep its mtime moving: b's recorded pieces are re-hashed.
+        raw = bytearray((tmp_path / "t" / "b").read_bytes())
+        raw[150] ^= 1  # torrent byte 450: piece 2
+        (tmp_path / "t" / "b").write_bytes(bytes(raw))
+        info = os.stat(tmp_path / "t" / "b")
+        os.utime(tmp_path / "t" / "b", ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+        got = await recover(store, info_hash=HASH, geometry=geometry, root=tmp_path, paths=paths, piece_hashes=hashes)
+    assert got.trusted == {0}  # piece 1 shares bytes with b
+    assert got.checked.ok == {1} and got.checked.bad == {2}
+    assert got.verified == {0, 1}
+
+
+async def test_recover_with_a_garbage_state_is_a_full_check(tmp_path: Path) -> None:
+    geometry, paths, hashes, _ = _payload(tmp_path)
+    (tmp_path / ".movie.jstorrent").write_bytes(b"d6:format")
+    with trio.fail_after(DEADLINE):
+        got = await recover(StateStore(tmp_path, NAME), info_hash=HASH, geometry=geometry, root=tmp_path,
+                            paths=paths, piece_hashes=hashes)
+    assert got.verified == {0, 1, 2, 3} and got.trusted == frozenset()
+    assert got.problem and "not bencode" in got.problem
+
+
+async def test_recover_with_another_selection_rechecks_the_parts_pieces(tmp_path: Path) -> None:
+    _, _, hashes, payload = _payload(tmp_path / "unused")
+    files = [StorageFile(("t", "a"), 300), StorageFile(("t", "b"), 500)]
+    first, disk_files = layout_for_selection(_geometry(), files, {0}, NAME)  # a: pieces 0-1, b's head in parts
+    assert isinstance(first, PartsGeometry)
+    paths = [f.path for f in disk_files]
+    store = StateStore(tmp_path, NAME)
+    with trio.fail_after(DEADLINE):
+        with Storage(tmp_path, disk_files, first) as storage:
+            await storage.write_blocks([(0, 0, payload[:100]), (0, 100, payload[100:200]),
+                                        (1, 0, payload[200:300]), (1, 100, payload[300:400])])
+            saver = ResumeSaver(store, info_hash=HASH, geometry=first, root=tmp_path, paths=paths,
+                                verified=lambda: {0, 1}, sync=storage.sync)
+            await saver.save()
+        same = await recover(store, info_hash=HASH, geometry=first, root=tmp_path, paths=paths, piece_hashes=hashes)
+        assert same.trusted == same.verified == {0, 1}
+        # Same files on disk, but the state was recorded under another selection: piece 1 (which
+        # uses the parts file) must be re-checked, piece 0 (file a alone) is still trusted.
+        state = (await store.load(info_hash=HASH, piece_count=4, file_count=3)).state
+        assert state is not None
+        forged = dataclasses.replace(state, layout=b"another selection")
+        await store.write(resume.encode(forged))
+        changed = await recover(store, info_hash=HASH, geometry=first, root=tmp_path, paths=paths,
+                                piece_hashes=hashes)
+    assert changed.trusted == {0} and changed.checked.ok == {1} and changed.verified == {0, 1}
