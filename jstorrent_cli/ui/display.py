@@ -9,8 +9,10 @@ Cost (DESIGN.md, known traps): rich's `Live` draws nothing on a pipe until exit,
 only used when stderr is a terminal; it refreshes from a Trio task with `auto_refresh=False` and draws
 pre-formatted `Text` lines (no `Table`) on stderr, leaving stdout clean for `--json`.
 
-tasks/session.py's SessionStatus and SessionResult provide every field listed here; mypy checks that
-where the session hands them to the views.
+tasks/session.py's SessionStatus and SessionResult provide every field of those protocols; mypy checks
+that where the session hands them to the views. One extra is optional and read when present:
+``status.peer_details`` (peer id -> `PeerDetailLike`: port, incoming, am_choking) puts ports and the
+"we choke it" / "it connected to us" flags in the -v peer table.
 """
 
 from __future__ import annotations
