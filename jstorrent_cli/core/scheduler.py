@@ -379,6 +379,51 @@ class Scheduler:
         until = p.bars.get(piece)
         return until is not None and self._now < until
 
+    def check_invariants(self) -> None:
+        """Recount everything from scratch and raise AssertionError on any inconsistency.
+
+        For tests and the swarm simulator (O(active pieces + outstanding requests)): invariants 1-4 of
+        DESIGN.md, every REQUESTED block owned by exactly the peers whose outstanding lists name it,
+        and the byte and block counters equal to what the block states say.
+        """
+        picker = self.picker
+        config = self.config
+        owners: dict[tuple[int, int], set[PeerId]] = {}
+        for peer in self._peers.values():
+            assert len(peer.outstanding) <= peer.limit, f"peer {peer.id!r} over its limit (invariant 1)"
+            for key in peer.outstanding:
+                owners.setdefault(key, set()).add(peer.id)
+        in_flight = waiting = free = 0
+        for piece, ap in picker.active.items():
+            assert picker.needed[piece], f"piece {piece} active but not needed"
+            for block in range(ap.nblocks):
+                state = ap.states[block]
+                holders = ap.holders[block]
+                key = (piece, block)
+                if state == REQUESTED:
+                    assert holders, f"block {key} REQUESTED without an owner (invariant 3)"
+                    assert set(holders) == owners.pop(key, set()), f"block {key}: holders disagree"
+                    assert len(holders) <= max(config.endgame_max_dups, 1), f"block {key}: too many holders"
+                    assert key in picker.requested_order
+                    in_flight += picker.block_length(piece, block)
+                else:
+                    assert holders is None, f"block {key} has holders but is not REQUESTED"
+                    if state == RECEIVED:
+                        waiting += picker.block_length(piece, block)
+                    elif state == FREE:
+                        free += 1
+                        assert block >= ap.cursor, f"block {key} FREE behind the cursor"
+            assert (ap.index in picker.partial) == (ap.n_free > 0)
+            assert ap.n_free < ap.nblocks or ap.n_written == ap.nblocks == 0, f"piece {piece}: all FREE yet active"
+        assert not owners, f"outstanding requests for blocks that are not REQUESTED: {sorted(owners)[:5]}"
+        free += sum(picker.block_count(p) for p in range(picker.num_pieces) if picker.unstarted[p])
+        assert in_flight == self._in_flight, f"bytes in flight {self._in_flight} != {in_flight}"
+        assert waiting == self._waiting, f"bytes waiting {self._waiting} != {waiting}"
+        assert free == picker.free_blocks, f"free blocks {picker.free_blocks} != {free}"
+        assert in_flight + waiting <= self._budget, "budget exceeded (invariant 2)"
+        assert len(picker.requested_order) == sum(
+            1 for ap in picker.active.values() for st in ap.states if st == REQUESTED)
+
     # --- facts -----------------------------------------------------------------------------------
 
     def _on_join(self, fact: PeerJoined) -> None:

@@ -279,7 +279,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         if not hasattr(self, "s"):
             return
         s = self.s
-        snap = s.snapshot()
+        s.check_invariants()  # the scheduler's own recount agrees with itself...
+        snap = s.snapshot()  # ...and, below, with the model built from its commands
         config = self.config
         # the scheduler's peers are the model's live peers
         assert {p.peer for p in snap.peers} == set(self.live)
