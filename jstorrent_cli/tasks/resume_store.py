@@ -291,12 +291,16 @@ class ResumeSaver:
         """Write the state now: verified set, then flush, then stat, then the atomic replace."""
         async with self._lock:
             self._dirty = False
-            pieces = list(self._verified())
-            if self._sync is not None:
-                await self._sync()
-            stats = await stat_files(self._root, self._paths)
-            state = ResumeState.make(self._info_hash, self._geometry.piece_count, pieces, stats, self._layout)
-            await self._store.write(resume.encode(state))
+            try:
+                pieces = list(self._verified())
+                if self._sync is not None:
+                    await self._sync()
+                stats = await stat_files(self._root, self._paths)
+                state = ResumeState.make(self._info_hash, self._geometry.piece_count, pieces, stats, self._layout)
+                await self._store.write(resume.encode(state))
+            except BaseException:
+                self._dirty = True  # not saved (cancelled, or the disk failed): the final save still must
+                raise
             self.saves += 1
 
     async def run(self) -> None:

@@ -321,3 +321,29 @@ async def test_recover_with_another_selection_rechecks_the_parts_pieces(tmp_path
         changed = await recover(store, info_hash=HASH, geometry=first, root=tmp_path, paths=paths,
                                 piece_hashes=hashes)
     assert changed.trusted == {0} and changed.checked.ok == {1} and changed.verified == {0, 1}
+
+
+async def test_a_save_cancelled_half_way_is_made_at_exit(tmp_path: Path) -> None:
+    paths = _make_files(tmp_path)
+    entered = trio.Event()
+    calls = 0
+
+    async def sync() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first save hangs in its flush until the download is cancelled
+            entered.set()
+            await trio.sleep_forever()
+
+    store = StateStore(tmp_path, NAME)
+    saver = ResumeSaver(store, info_hash=HASH, geometry=_geometry(), root=tmp_path, paths=paths,
+                        verified=lambda: {3}, sync=sync)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(saver.run)
+            saver.note_change()
+            await entered.wait()
+            nursery.cancel_scope.cancel()
+    assert calls == 2 and saver.saves == 1
+    loaded = store.load_sync(info_hash=HASH, piece_count=4, file_count=2)
+    assert loaded.state is not None and loaded.state.verified_pieces() == {3}
