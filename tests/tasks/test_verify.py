@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import os
 import random
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jstorrent_cli.config import DEFAULT_CONFIG
 from jstorrent_cli.core.geometry import Geometry
+from jstorrent_cli.tasks import verify as verify_module
 from jstorrent_cli.tasks.parts import layout_for_selection
 from jstorrent_cli.tasks.storage import Block, Storage, StorageFile
 from jstorrent_cli.tasks.verify import COMPLETE, DAMAGED, MISSING, PARTIAL, check_pieces, verify
@@ -224,3 +229,35 @@ async def test_piece_results_equal_a_byte_comparison(
         assert (p in results.ok) == same, p
     assert results.ok | results.bad | results.missing == set(range(g.piece_count))
     assert not (results.ok & results.bad) and not (results.ok & results.missing) and not (results.bad & results.missing)
+
+
+
+async def test_hashing_runs_in_at_most_hash_threads_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = make([(5000, False), (3000, False)], 64)
+    payload.write(tmp_path)
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+    # Two hops meet at the barrier if two can run at once; the timeout lets an odd last hop through.
+    gate = threading.Barrier(2, timeout=2)
+    original = verify_module._hash_batch
+
+    def counting(*args: Any) -> list[tuple[int, int]]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                gate.wait()
+            return original(*args)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(verify_module, "_hash_batch", counting)
+    config = dataclasses.replace(CONFIG, hash_threads=2, verify_batch_bytes=256)
+    with trio.fail_after(DEADLINE):
+        results = await check_pieces(tmp_path, payload.paths, payload.geometry, payload.hashes, config=config)
+    assert results.ok == set(range(payload.geometry.piece_count))
+    assert peak == 2  # hashing ran in parallel, and never in more threads than the limit
