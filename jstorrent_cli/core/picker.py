@@ -110,6 +110,7 @@ class Picker:
         wanted: Sequence[bool] | None = None,
         have: Sequence[bool] | None = None,
         sequential: bool = False,
+        max_holders: int = 1,
     ) -> None:
         if num_pieces <= 0 or piece_length <= 0 or block_size <= 0:
             raise ValueError("num_pieces, piece_length and block_size must be positive")
@@ -155,6 +156,9 @@ class Picker:
         self.partial: dict[int, None] = {}  # active pieces with a FREE block, in start order
         self.orphans: dict[int, None] = {}  # partial pieces with no owner
         self.requested_order: dict[tuple[int, int], None] = {}  # REQUESTED blocks, oldest first
+        # REQUESTED blocks with fewer than max_holders holders: what endgame may duplicate, oldest first
+        self.max_holders = max_holders
+        self.dupable: dict[tuple[int, int], None] = {}
         self.free_blocks = sum(self.block_count(i) for i in range(num_pieces) if self.needed[i])
         self.awaiting_hash = 0
 
@@ -356,12 +360,17 @@ class Picker:
             ap.holders[block] = {peer: now}
             ap.n_free -= 1
             self.free_blocks -= 1
-            self.requested_order[(ap.index, block)] = None
+            key = (ap.index, block)
+            self.requested_order[key] = None
+            if self.max_holders > 1:
+                self.dupable[key] = None
             if ap.n_free == 0:
                 del self.partial[ap.index]
                 self.orphans.pop(ap.index, None)
         else:
             holders[peer] = now
+            if len(holders) >= self.max_holders:
+                self.dupable.pop((ap.index, block), None)
 
     def release(self, ap: ActivePiece, block: int, peer: PeerId) -> bool:
         """`peer` no longer holds the block. True when the block became FREE."""
@@ -369,12 +378,15 @@ class Picker:
         assert holders is not None
         del holders[peer]
         if holders:
+            if len(holders) < self.max_holders:
+                self.dupable[(ap.index, block)] = None
             return False
         ap.holders[block] = None
         ap.states[block] = FREE
         ap.n_free += 1
         self.free_blocks += 1
         del self.requested_order[(ap.index, block)]
+        self.dupable.pop((ap.index, block), None)
         ap.cursor = min(ap.cursor, block)
         if ap.n_free == ap.nblocks:
             self._unstart(ap)
@@ -393,6 +405,7 @@ class Picker:
         ap.n_received += 1
         ap.contributors[block] = (peer, ip)
         del self.requested_order[(ap.index, block)]
+        self.dupable.pop((ap.index, block), None)
         return holders
 
     def written(self, ap: ActivePiece, block: int) -> bool:

@@ -222,7 +222,8 @@ class Scheduler:
     ) -> None:
         self.config = config
         self.picker = Picker(num_pieces, piece_length, total_length, config.block_size, rng,
-                             wanted=wanted, have=have, sequential=sequential)
+                             wanted=wanted, have=have, sequential=sequential,
+                             max_holders=config.endgame_max_dups)
         self._bs = config.block_size
         self._budget = config.max_unflushed_bytes
         self._peers: dict[PeerId, _Peer] = {}
@@ -421,6 +422,10 @@ class Scheduler:
         assert waiting == self._waiting, f"bytes waiting {self._waiting} != {waiting}"
         assert free == picker.free_blocks, f"free blocks {picker.free_blocks} != {free}"
         assert in_flight + waiting <= self._budget, "budget exceeded (invariant 2)"
+        if picker.max_holders > 1:
+            expected = {(piece, b) for piece, ap in picker.active.items() for b, h in enumerate(ap.holders)
+                        if h is not None and len(h) < picker.max_holders}
+            assert set(picker.dupable) == expected, "endgame candidates disagree with the holders"
         assert len(picker.requested_order) == sum(
             1 for ap in picker.active.values() for st in ap.states if st == REQUESTED)
 
@@ -552,7 +557,8 @@ class Scheduler:
             self._waiting -= picker.block_length(piece, block)
             if picker.written(ap, block):
                 self._out.append(HashPiece(piece))
-        self._wake = True
+        if picker.free_blocks:
+            self._wake = True  # budget room: peers held back by it may ask now (endgame needs none)
 
     def _on_hashed(self, fact: PieceHashed) -> None:
         picker = self.picker
@@ -635,6 +641,8 @@ class Scheduler:
         del peer.outstanding[key]
         piece, block = key
         ap = self.picker.active[piece]
+        if self.picker.free_blocks == 0:
+            self._wake = True  # endgame: the block may now take another holder
         if self.picker.release(ap, block, peer.id):
             self._in_flight -= self.picker.block_length(piece, block)
             self._wake = True
@@ -960,32 +968,35 @@ class Scheduler:
         return spare
 
     def _endgame(self, peer: _Peer, spare: int) -> int:
+        """Duplicate the oldest outstanding requests that still take another holder."""
         picker = self.picker
-        view = peer.pieces
-        max_dups = self.config.endgame_max_dups
+        bitmap = peer.pieces.bitmap
         now = self._now
         bars = peer.bars
-        reqs = self._requests.get(peer.id)
+        outstanding = peer.outstanding
+        pid = peer.id
+        reqs = self._requests.get(pid)
         if reqs is None:
-            reqs = self._requests[peer.id] = []
-        if not peer.outstanding:
+            reqs = self._requests[pid] = []
+        if not outstanding:
             peer.last_progress = now
         active = picker.active
-        for piece, block in picker.requested_order:
-            if not view.has(piece) or _is_barred(bars, piece, now):
+        taken: list[tuple[int, int]] = []
+        for key in picker.dupable:
+            piece = key[0]
+            if key in outstanding or (bitmap is not None and not bitmap[piece]):
                 continue
-            ap = active[piece]
-            holders = ap.holders[block]
-            assert holders is not None
-            if peer.id in holders or len(holders) >= max_dups:
+            if bars and _is_barred(bars, piece, now):
                 continue
-            picker.request(ap, block, peer.id, now)
-            peer.outstanding[(piece, block)] = now
-            reqs.append((piece, block * self._bs, picker.block_length(piece, block)))
-            spare -= 1
-            if spare <= 0:
+            taken.append(key)
+            if len(taken) >= spare:
                 break
-        return spare
+        for key in taken:  # picker.request edits dupable: not while iterating it
+            piece, block = key
+            picker.request(active[piece], block, pid, now)
+            outstanding[key] = now
+            reqs.append((piece, block * self._bs, picker.block_length(piece, block)))
+        return spare - len(taken)
 
 
 __all__ = [
