@@ -855,7 +855,7 @@ class Scheduler:
                 if ap is None or ap.owner != peer.id or not ap.n_free:
                     del peer.own[piece]  # _release puts it back if a block of it becomes FREE again
                     continue
-                if not _is_barred(bars, piece, now):
+                if not (bars and _is_barred(bars, piece, now)):
                     spare = self._take(peer, ap, spare)
                     if spare <= 0 or self._budget_full():
                         break
