@@ -22,6 +22,7 @@ with that error in the result. `run` itself never raises a JsTorrentError: it re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -30,7 +31,7 @@ import random
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol, TextIO
 
 import trio
@@ -357,16 +358,15 @@ class _Session:
 
     # -- the run --
 
-    async def watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if self.interrupted:
-                    log.warning("second signal %s: exiting at once", signum)
-                    sys.stderr.flush()
-                    sys.stdout.flush()
-                    os._exit(int(ExitStatus.INTERRUPTED))
-                self.interrupted = True
-                self.stop.set()
+    async def watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if self.interrupted:
+                log.warning("second signal %s: exiting at once", signum)
+                sys.stderr.flush()
+                sys.stdout.flush()
+                os._exit(int(ExitStatus.INTERRUPTED))
+            self.interrupted = True
+            self.stop.set()
 
     async def watch_seeding(self) -> None:
         config = self.config
@@ -399,11 +399,15 @@ class _Session:
         torrent = self.torrent
         files = storage_files(torrent.files)
         os.makedirs(self.out_dir, exist_ok=True)
-        with Storage(self.out_dir, files, self.geometry, config) as storage:
+        with contextlib.ExitStack() as stack:
+            # Signals are caught before anything shows that the session runs.
+            signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+                       if self.handle_signals else None)
+            storage = stack.enter_context(Storage(self.out_dir, files, self.geometry, config))
             async with trio.open_nursery() as outer:
+                if signals is not None:
+                    outer.start_soon(self.watch_signals, signals)
                 outer.start_soon(self.display.run, self.status)
-                if self.handle_signals:
-                    outer.start_soon(self.watch_signals)
                 with trio.CancelScope() as check_scope:
                     outer.start_soon(self._cancel_on_stop, check_scope)
                     have = await self.check_existing(storage)
