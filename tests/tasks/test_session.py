@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB
+from jstorrent_cli.core import wire
 from jstorrent_cli.tasks import session
 from tests.conftest import assert_payload, build_torrent, random_files, write_payload
 
@@ -179,3 +180,58 @@ async def test_cli_get_stops_on_sigint_and_sigterm_with_status_130(tmp_path: Pat
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+
+
+async def test_a_peer_that_sends_bad_data_is_banned_by_ip_any_port(tmp_path: Path) -> None:
+    files = random_files(19, [64 * KiB])
+    _, torrent = build_torrent("lie", files, 16 * KiB)
+    liar_ip = "127.0.0.7"
+    their_id = b"-XX0000-" + b"l" * 12
+    dropped = trio.Event()
+
+    async def liar(stream: trio.SocketStream) -> None:
+        proto = wire.PeerProtocol(torrent.info_hash, their_id, torrent.piece_count, torrent.piece_length,
+                                  torrent.total_length)
+        await stream.send_all(proto.send_handshake())
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                out = b""
+                for msg in proto.receive_data(data):
+                    if isinstance(msg, wire.Handshake):
+                        out += proto.send(wire.HAVE_ALL) + proto.send(wire.UNCHOKE)
+                    elif isinstance(msg, wire.Request):
+                        out += proto.send(wire.Piece(msg.index, msg.begin, b"\xee" * msg.length))
+                if out:
+                    await stream.send_all(out)
+        except trio.BrokenResourceError:
+            pass
+        dropped.set()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host=liar_ip)
+            liar_port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, liar, listeners)
+            port = await nursery.start(functools.partial(
+                session.run, DEFAULT_CONFIG, torrent, tmp_path, peers=[(liar_ip, liar_port)],
+                listen_host="127.0.0.3", port=0))
+            await dropped.wait()  # the leecher hung up on the liar after its first bad piece
+            # The liar comes back from another port: refused before any handshake.
+            again = await trio.open_tcp_stream("127.0.0.3", port, local_address=liar_ip)
+            proto = wire.PeerProtocol(torrent.info_hash, their_id, torrent.piece_count, torrent.piece_length,
+                                      torrent.total_length)
+            await again.send_all(proto.send_handshake())
+            try:
+                answer = await again.receive_some(65536)
+            except trio.BrokenResourceError:
+                answer = b""
+            assert answer == b""
+            # An honest peer on another address is still welcome.
+            honest = await trio.open_tcp_stream("127.0.0.3", port, local_address="127.0.0.8")
+            await honest.send_all(wire.PeerProtocol(torrent.info_hash, their_id, torrent.piece_count,
+                                                    torrent.piece_length, torrent.total_length).send_handshake())
+            assert len(await honest.receive_some(68)) > 0
+            nursery.cancel_scope.cancel()
