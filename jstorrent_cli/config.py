@@ -172,6 +172,8 @@ class Config:
     max_download_rate: int = 0
     # A limited bucket holds at most this many seconds of its rate (the largest burst allowed).
     rate_limit_burst: float = 1.0
+    # At exit, how often we look whether the `completed` announce got through (bounded by the stopped deadline).
+    completed_poll_interval: float = 0.05
 
     # --- storage (tasks/storage.py) ------------------------------------------------------------
     # Open file handles kept (LRU): far below the usual 1024-descriptor limit, leaving room for sockets.

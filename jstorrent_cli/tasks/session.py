@@ -420,6 +420,16 @@ class _Session:
         await self.stop.wait()
         scope.cancel()
 
+    async def _let_completed_through(self) -> None:
+        """A download that just finished gives its `completed` announce a moment to go out (bounded
+        by Config.stopped_announce_deadline) before `stopped` ends the tracker loop."""
+        announcer, finished_at = self.announcer, self.finished_at
+        if announcer is None or finished_at is None or self.interrupted or announcer.status.last_tracker is None:
+            return
+        with trio.move_on_after(self.config.stopped_announce_deadline):
+            while (announcer.status.last_success_at or 0.0) < finished_at and not announcer.status.consecutive_failures:
+                await trio.sleep(self.config.completed_poll_interval)
+
     def _bucket(self, rate: int) -> TokenBucket | None:
         if rate <= 0:
             return None
@@ -485,6 +495,7 @@ class _Session:
                 self.on_finished()
             await self.stop.wait()
             manager.accepting = False
+            await self._let_completed_through()
             nursery.cancel_scope.cancel()
         if http is not None:
             with trio.CancelScope(shield=True):

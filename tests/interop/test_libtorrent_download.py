@@ -11,10 +11,12 @@ import math
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB, MiB
+from jstorrent_cli.core import announce
 from jstorrent_cli.tasks import session
 from tests.conftest import FileSpec, assert_payload, build_torrent, random_files, write_payload
 from tests.interop.libtorrent_fixture import libtorrent_peer
@@ -100,6 +102,12 @@ async def _download_through(tracker: OpenTracker, tmp_path: Path, scheme: str, n
     assert result.status == "ok", (result, lt_peer.alerts())
     assert result.peers_used >= 1
     assert_payload(tmp_path / "ours", name, files)
+    # Our `completed` got through before `stopped`: the tracker counts one finished download.
+    scrape = announce.scrape_url(tracker.http_url)
+    assert scrape is not None
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(announce.build_http_scrape_url(scrape, [info_hash]))).content
+    assert announce.parse_http_scrape(body)[info_hash].completed == 1
 
 
 @pytest.mark.slow
