@@ -199,6 +199,16 @@ class Config:
     # pieces would otherwise pay a thread hop each; 4 MiB is ~2 ms of SHA-1).
     verify_batch_bytes: int = 4 * MiB
 
+    # --- diagnostics (core/diagnose.py) --------------------------------------------------------------
+    # --stall-report-after: no block for this long while wanted data is missing is a stall (report it).
+    stall_report_after: float = 30.0
+    # --stall-timeout: end the download (exit 2) after this long without a block; None: never (aria2's default).
+    stall_timeout: float | None = None
+    # A stall report lists at most this many piece ranges per reason (the rest is counted, not shown).
+    stall_report_max_ranges: int = 12
+    # ...and at most this many peers per reason and idle peers (a swarm of 50 must fit on a screen).
+    stall_report_max_peers: int = 8
+
     # --- display (ui/) ---------------------------------------------------------------------------
     # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.
     refresh_hz: float = 4.0
