@@ -34,6 +34,13 @@ CASES = [
 ]
 
 
+# Bigger shapes, downloading only: 4 MiB pieces with an odd last piece; hundreds of small files.
+DOWNLOAD_ONLY_CASES = [
+    pytest.param(4 * MiB, [9 * MiB + 4097], True, id="4MiB-single"),
+    pytest.param(16 * KiB, [1 + (i * 7919) % 20000 for i in range(300)], False, id="16KiB-300-files"),
+]
+
+
 def payload(piece_length: int, sizes: list[int], single: bool) -> tuple[str, list[FileSpec]]:
     files = random_files(piece_length + len(sizes), sizes)
     if single:
@@ -41,7 +48,7 @@ def payload(piece_length: int, sizes: list[int], single: bool) -> tuple[str, lis
     return "multi", files
 
 
-@pytest.mark.parametrize(("piece_length", "sizes", "single"), CASES)
+@pytest.mark.parametrize(("piece_length", "sizes", "single"), CASES + DOWNLOAD_ONLY_CASES)
 async def test_download_from_libtorrent_seeder(tmp_path: Path, piece_length: int, sizes: list[int],
                                                single: bool) -> None:
     name, files = payload(piece_length, sizes, single)
@@ -127,3 +134,23 @@ async def test_throughput_from_libtorrent_seeder(tmp_path: Path) -> None:
     print(f"\nthroughput: {size / MiB:.0f} MiB in {wall:.2f} s = {size / MiB / wall:.1f} MiB/s "
           f"(session avg {result.average_rate / MiB:.1f} MiB/s, wasted {result.wasted_bytes})")
     assert_payload(tmp_path / "ours", name, files, single=True)
+
+
+async def test_download_from_a_mixed_swarm_of_libtorrent_and_jstorrent_seeders(tmp_path: Path) -> None:
+    name, files = payload(64 * KiB, [6 * MiB + 3, 100 * KiB], False)
+    data, torrent = build_torrent(name, files, 64 * KiB)
+    write_payload(tmp_path / "lt", name, files)
+    write_payload(tmp_path / "seed", name, files)
+    with trio.fail_after(DEADLINE), libtorrent_peer(LT_HOST) as lt_peer:
+        lt_peer.add(data, tmp_path / "lt", seed=True)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(
+                session.run, DEFAULT_CONFIG, torrent, tmp_path / "seed", listen_host=OUR_SEED_HOST, port=0,
+                seed_time=math.inf))
+            result = await session.run(DEFAULT_CONFIG, torrent, tmp_path / "ours",
+                                       peers=[(LT_HOST, lt_peer.port), (OUR_SEED_HOST, port)],
+                                       listen_host=OUR_HOST, port=0)
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok", (result, lt_peer.alerts())
+    assert result.downloaded_bytes - result.wasted_bytes == torrent.total_length
+    assert_payload(tmp_path / "ours", name, files)
