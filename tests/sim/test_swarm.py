@@ -1,0 +1,329 @@
+"""The real Scheduler in simulated swarms (tests/sim/swarm.py): every scenario finishes with correct
+accounting, near its lower bound; peer misbehaviour is survived; and the simulator's own checks catch
+deliberately broken schedulers (so a clean run means something).
+
+All runs are in virtual time with fixed seeds: the ratios asserted here are properties of the algorithm,
+not wall-clock timings, and they are the same on any machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import random
+
+import pytest
+
+from jstorrent_cli.config import DEFAULT_CONFIG, Config, KiB, MiB
+from jstorrent_cli.core.messages import Choked, Command, Fact, PeerJoined, SendRequests, Tick, Unchoked, WriteBlocks
+from jstorrent_cli.core.scheduler import Scheduler
+
+from .swarm import (
+    FIRST_PORT,
+    KB,
+    MB,
+    SCENARIOS,
+    PeerSpec,
+    SimResult,
+    Swarm,
+    equal_peers,
+    fast_and_slow,
+    lower_bound,
+    many_peers,
+    simulate,
+)
+
+SEED = 1
+# Targets of issue [3]: equal peers within 10 % of the bound, 1 fast + 9 slow within 25 %.
+EQUAL_PEERS_TARGET = 1.10
+FAST_AND_SLOW_TARGET = 1.25
+# Every other scenario: a regression ceiling (all measured near 1.01; see docs/design/sim-results.md).
+SCENARIO_CEILING = 1.25
+
+
+@functools.cache
+def scenario(name: str, seed: int = SEED) -> SimResult:
+    return simulate(SCENARIOS[name](seed))
+
+
+def assert_clean(result: SimResult) -> None:
+    assert result.violations == (), result.violations
+    assert result.finished, f"not finished at t={result.end_time}: {result.final_snapshot}"
+    assert result.pieces_verified == result.pieces_wanted
+    assert result.peak_budget_used <= result.budget
+    assert result.finish_time is not None and result.finish_time >= result.lower_bound, "the bound is not a bound"
+
+
+# --- scenarios ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_finishes_with_correct_accounting(name: str) -> None:
+    result = scenario(name)
+    assert_clean(result)
+    swarm = SCENARIOS[name](SEED)
+    assert result.bytes_written >= swarm.total_length
+    # Every byte written beyond the torrent size belongs to a piece that failed its hash.
+    assert (result.bytes_written - swarm.total_length) <= result.hash_failures * swarm.piece_length
+    assert result.ratio <= SCENARIO_CEILING, f"{name}: {result.finish_time:.2f} s = {result.ratio:.3f} x bound"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_equal_peers_within_target(seed: int) -> None:
+    result = scenario("8 equal peers", seed)
+    assert_clean(result)
+    assert result.ratio <= EQUAL_PEERS_TARGET, f"{result.ratio:.3f} x the bound"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_one_fast_nine_slow_within_target(seed: int) -> None:
+    result = scenario("1 fast + 9 slow", seed)
+    assert_clean(result)
+    assert result.ratio <= FAST_AND_SLOW_TARGET, f"{result.ratio:.3f} x the bound"
+    # The slow peers did serve (the bound counts them), yet the tail did not wait for them.
+    slow_requests = sum(n for ip, n in result.requests_by_ip.items() if ip != "127.0.0.2")
+    assert slow_requests > 0
+
+
+def test_the_budget_binds_and_holds() -> None:
+    """A 1 MiB budget with a slow disk: the budget is used in full and never exceeded."""
+    result = scenario("slow disk, 1 MiB budget")
+    assert_clean(result)
+    assert result.budget == 1 * MiB
+    assert result.peak_budget_used > result.budget - 4 * DEFAULT_CONFIG.block_size
+
+
+def test_corrupt_peer_is_banned_and_download_completes() -> None:
+    result = scenario("corrupt peer")
+    assert_clean(result)
+    assert result.banned_ips == frozenset({"127.0.0.7"})
+    assert result.hash_failures >= 1
+    assert any(isinstance(peer, tuple) and peer[0] == "127.0.0.7" for peer, _reason in result.drops)
+
+
+def test_simulation_is_deterministic() -> None:
+    def swarm(seed: int) -> Swarm:
+        return dataclasses.replace(many_peers(seed), total_length=8 * MiB)
+
+    first = simulate(swarm(7))
+    again = simulate(swarm(7))
+    assert (first.finish_time, first.events, first.facts, first.requests_by_ip) == (
+        again.finish_time, again.events, again.facts, again.requests_by_ip)
+    other = simulate(swarm(8))
+    assert other.requests_by_ip != first.requests_by_ip
+
+
+def test_reader_batching_keeps_the_target() -> None:
+    """Several blocks per BlocksReceived fact (as a socket reader batches them) changes nothing essential."""
+    result = simulate(dataclasses.replace(equal_peers(SEED), reader_batch=0.005))
+    assert_clean(result)
+    assert result.facts < scenario("8 equal peers").facts
+    assert result.ratio <= EQUAL_PEERS_TARGET
+
+
+# --- peer behaviours ------------------------------------------------------------------------------------
+
+
+def ips(count: int) -> list[str]:
+    return [f"127.0.0.{i}" for i in range(2, 2 + count)]
+
+
+def test_silent_peer_delays_the_tail_by_at_most_its_timeout() -> None:
+    """Liveness rule 7: a peer that takes requests and never answers costs at most a request timeout."""
+    honest = [PeerSpec(ip, 500 * KB, latency=0.03) for ip in ips(4)]
+    silent = PeerSpec("127.0.0.9", 1 * MB, latency=0.01, silent=True)
+    swarm = Swarm(256 * KiB, 16 * MiB, (silent, *honest), seed=SEED)
+    result = simulate(swarm)
+    assert_clean(result)
+    assert result.requests_by_ip["127.0.0.9"] > 0, "the silent peer was never asked: the test proves nothing"
+    assert result.finish_time is not None
+    assert result.finish_time <= result.lower_bound + DEFAULT_CONFIG.request_timeout_initial
+
+
+def test_silent_peers_past_their_timeout_are_routed_around() -> None:
+    """Long enough for timeouts and snubbing to fire: a silent peer's blocks go to others, repeatedly."""
+    honest = [PeerSpec(ip, 100 * KB, latency=0.03) for ip in ips(3)]
+    silent = [PeerSpec(f"127.0.0.{i}", 1 * MB, latency=0.01, silent=True) for i in (20, 21)]
+    swarm = Swarm(64 * KiB, 8 * MiB, (*silent, *honest), seed=SEED)
+    result = simulate(swarm)
+    assert_clean(result)
+    assert result.finish_time is not None and result.finish_time > DEFAULT_CONFIG.snub_timeout
+    assert result.finish_time <= result.lower_bound + DEFAULT_CONFIG.request_timeout_initial
+    # Their requests timed out and were re-made more than once: the blocks they held went elsewhere.
+    assert result.requests_by_ip["127.0.0.20"] > DEFAULT_CONFIG.peer_limit_initial
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "scheduler bug: a peer that never sends a block is never snubbed. Its requests time out after 10 s "
+    "(request_timeout_initial), the tick releases them all, the refill sends new ones and _take() resets "
+    "last_progress because outstanding was empty, so 'requests out and no block for snub_timeout (20 s)' "
+    "never holds. Measured: after 30 s of silence, limit 2, snubbed False."))
+def test_silent_peer_is_snubbed_after_snub_timeout() -> None:
+    """DESIGN.md: a peer with requests out and no block for 20 s is snubbed (limit 1)."""
+    config = DEFAULT_CONFIG
+    scheduler = Scheduler(64, config.block_size, 64 * config.block_size, config, random.Random(0))
+    scheduler.handle(PeerJoined("mute", "127.0.0.2", have_all=True, fast=True), 0.0)
+    first = scheduler.handle(Unchoked("mute"), 0.0)
+    assert any(isinstance(c, SendRequests) for c in first)
+    t = 0.0
+    while t < 1.5 * config.snub_timeout:
+        t += 1.0
+        scheduler.handle(Tick(), t)
+    (peer,) = scheduler.snapshot().peers
+    assert peer.outstanding > 0, "the mute peer keeps being asked"
+    assert peer.snubbed and peer.limit == 1
+
+
+def test_very_slow_peer_does_not_hold_the_tail() -> None:
+    peers = (PeerSpec("127.0.0.2", 2 * MB, latency=0.03), PeerSpec("127.0.0.3", 5 * KB, latency=0.05))
+    result = simulate(Swarm(256 * KiB, 16 * MiB, peers, seed=SEED))
+    assert_clean(result)
+    assert result.requests_by_ip["127.0.0.3"] > 0
+    assert result.ratio <= FAST_AND_SLOW_TARGET
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_choke_patterns_and_rejoins(fast: bool) -> None:
+    """Peers that choke and unchoke us, leave holding requests and come back from another port."""
+    rng = random.Random(5)
+    peers = []
+    for i, ip in enumerate(ips(6)):
+        chokes = tuple((t, t + rng.uniform(0.5, 3.0)) for t in (2.0 + i, 9.0 + 2 * i))
+        sessions = ((0.0, 6.0 + i), (7.0 + i, None)) if i % 2 else ((0.0, None),)
+        peers.append(PeerSpec(ip, rng.uniform(100 * KB, 400 * KB), latency=rng.uniform(0.01, 0.1),
+                              chokes=chokes, sessions=sessions, fast=fast, reqq=rng.choice([None, 16, 64])))
+    swarm = Swarm(128 * KiB, 12 * MiB, tuple(peers), seed=SEED)
+    result = simulate(swarm)
+    assert_clean(result)
+    assert result.ratio <= SCENARIO_CEILING
+
+
+def test_partial_peers_and_late_haves() -> None:
+    """No seed at all: two halves, and a peer whose pieces only appear later by HAVE."""
+    n = 64
+    first = PeerSpec("127.0.0.2", 300 * KB, pieces=frozenset(range(0, n // 2)))
+    second = PeerSpec("127.0.0.3", 300 * KB, pieces=frozenset(range(n // 2, n - 8)))
+    late = PeerSpec("127.0.0.4", 300 * KB, pieces=frozenset(), fast=True,
+                    gains=tuple((1.0 + 0.2 * k, p) for k, p in enumerate(range(n - 8, n))))
+    swarm = Swarm(64 * KiB, n * 64 * KiB - 1000, (first, second, late), seed=SEED)
+    result = simulate(swarm)
+    assert_clean(result)
+    for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        assert result.requests_by_ip[ip] > 0
+
+
+def test_liar_reconnecting_from_a_new_port_stays_banned() -> None:
+    """Bans are by IP address: the liar's second connection (same IP, next port) is refused at once."""
+    honest = [PeerSpec(ip, 300 * KB, latency=0.02) for ip in ips(3)]
+    liar = PeerSpec("127.0.0.9", 1 * MB, latency=0.01, corrupt=1.0, sessions=((0.0, 3.0), (3.5, None)))
+    swarm = Swarm(64 * KiB, 8 * MiB, (liar, *honest), seed=SEED, connect_banned=True)
+    result = simulate(swarm)
+    assert_clean(result)
+    assert "127.0.0.9" in result.banned_ips
+    second = ("127.0.0.9", FIRST_PORT + 1)
+    assert any(peer == second for peer, _reason in result.drops)
+
+
+def test_tiny_and_huge_pieces() -> None:
+    """16 KiB pieces (one block each) and 4 MiB pieces (256 blocks), odd last piece."""
+    for piece_length in (16 * KiB, 4 * MiB):
+        peers = tuple(PeerSpec(ip, 1 * MB, latency=0.02) for ip in ips(3))
+        result = simulate(Swarm(piece_length, 24 * MiB + 5 * KiB + 3, peers, seed=SEED))
+        assert_clean(result)
+        assert result.ratio <= SCENARIO_CEILING
+
+
+# --- the lower bound ---------------------------------------------------------------------------------------
+
+
+def test_lower_bound_one_peer() -> None:
+    swarm = Swarm(256 * KiB, 32 * MiB, (PeerSpec("127.0.0.2", 2 * MB, latency=0.04),))
+    expected = 32 * MiB / (2 * MB) + 4 * 0.04 + 256 * KiB / swarm.hash_rate
+    assert lower_bound(swarm) == pytest.approx(expected)
+
+
+def test_lower_bound_counts_only_connected_unchoking_honest_peers() -> None:
+    peer = PeerSpec("127.0.0.2", 1 * MB, latency=0.0, sessions=((0.0, 5.0), (10.0, None)), chokes=((12.0, 13.0),))
+    base = Swarm(8 * MB, 8 * MB, (peer,), hash_rate=math.inf)
+    # 5 MB by t=5; nothing until 10; 2 MB by 12; choked until 13; the last 1 MB by 14.
+    assert lower_bound(base) == pytest.approx(14.0)
+    liar = PeerSpec("127.0.0.3", 100 * MB, corrupt=1.0)
+    mute = PeerSpec("127.0.0.4", 100 * MB, silent=True)
+    assert lower_bound(dataclasses.replace(base, peers=(peer, liar, mute))) == pytest.approx(14.0)
+    assert lower_bound(dataclasses.replace(base, peers=(liar, mute))) == math.inf
+
+
+def test_lower_bound_respects_the_disk() -> None:
+    peers = (PeerSpec("127.0.0.2", 10 * MB, latency=0.0),)
+    swarm = Swarm(1 * MB, 10 * MB, peers, disk_rate=2 * MB, hash_rate=math.inf)
+    assert lower_bound(swarm) == pytest.approx(5.0)
+
+
+# --- the simulator catches broken schedulers ------------------------------------------------------------------
+
+
+def small_swarm(**changes: object) -> Swarm:
+    peers = (PeerSpec("127.0.0.2", 500 * KB, latency=0.02, chokes=((1.0, 2.0),)),
+             PeerSpec("127.0.0.3", 500 * KB, latency=0.02))
+    swarm = Swarm(64 * KiB, 4 * MiB, peers, seed=SEED, time_limit=120.0)
+    return dataclasses.replace(swarm, **changes)  # type: ignore[arg-type]
+
+
+def test_the_small_swarm_is_clean_with_the_real_scheduler() -> None:
+    assert_clean(simulate(small_swarm()))
+
+
+class WritesTwice(Scheduler):
+    def handle(self, fact: Fact, now: float) -> list[Command]:
+        out = super().handle(fact, now)
+        return out + [c for c in out if isinstance(c, WriteBlocks)]
+
+
+class ForgetsChokes(Scheduler):
+    """The born-with bug: a choke does not release the requests it killed."""
+
+    def handle(self, fact: Fact, now: float) -> list[Command]:
+        if isinstance(fact, Choked):
+            return []
+        return super().handle(fact, now)
+
+
+class NeverWrites(Scheduler):
+    def handle(self, fact: Fact, now: float) -> list[Command]:
+        return [c for c in super().handle(fact, now) if not isinstance(c, WriteBlocks)]
+
+
+def bigger_budget(n: int, piece_length: int, total: int, config: Config, rng: random.Random) -> Scheduler:
+    return Scheduler(n, piece_length, total, dataclasses.replace(config, max_unflushed_bytes=8 * MiB), rng)
+
+
+def test_catches_a_block_written_twice() -> None:
+    result = simulate(small_swarm(), WritesTwice)
+    assert any("written twice" in v for v in result.violations)
+
+
+def test_catches_requests_not_released_on_choke() -> None:
+    result = simulate(small_swarm(), ForgetsChokes)
+    assert any("in flight" in v for v in result.violations), result.violations
+
+
+def test_catches_a_budget_overrun() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=256 * KiB)
+    clean = simulate(small_swarm(config=config))
+    assert_clean(clean)
+    result = simulate(small_swarm(config=config), bigger_budget)
+    assert result.peak_budget_used > 256 * KiB
+    assert any("budget use" in v for v in result.violations)
+
+
+def test_catches_a_stall() -> None:
+    result = simulate(small_swarm(), NeverWrites)
+    assert not result.finished
+    assert result.pieces_verified == 0
+
+
+def test_fast_and_slow_factory_is_what_the_issue_describes() -> None:
+    swarm = fast_and_slow(SEED)
+    rates = sorted(p.upload_rate for p in swarm.peers)
+    assert rates[:-1] == [50 * KB] * 9 and rates[-1] > 10 * 50 * KB
