@@ -61,6 +61,8 @@ SEGMENT = 4 * MiB
 # How long the seeders may take to check the payload and announce before the benchmark gives up.
 SEED_READY_DEADLINE = 600.0
 STOP_DEADLINE = 5.0
+# The endgame tail is measured from this fraction verified (jstorrent's --json progress, one record a second).
+TAIL_FROM = 0.99
 
 
 # ---------------------------------------------------------------- scenarios
@@ -262,13 +264,49 @@ class RunResult:
     cpu: float
     max_rss: int  # bytes
     problem: str = ""
+    seeders_cpu: float = 0.0  # CPU seconds of this process (the libtorrent seeders) during the run
+    others_cpu: float = 0.0  # CPU seconds of everything else on the machine during the run (noise)
+    session_time: float | None = None  # jstorrent only: its own download_time (start to last piece verified)
+    tail: float | None = None  # jstorrent only: upper bound on the time from 99 % verified to done
+
+
+def jstorrent_timing(log: Path) -> tuple[float | None, float | None]:
+    """From `get --json` output: (download_time, time after the last progress record below 99 %)."""
+    download_time: float | None = None
+    last_below = 0.0
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "progress" and record.get("progress", 1) < TAIL_FROM:
+            last_below = float(record["elapsed"])
+        elif record.get("event") == "result":
+            download_time = record.get("download_time")
+    if download_time is None:
+        return None, None
+    return download_time, max(0.0, download_time - last_below)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat, all CPUs)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def client_command(client: str, payload: Payload, out_dir: Path, scenario: Scenario) -> list[str]:
     host = CLIENT_HOSTS[client]
     port = free_port(host)
     if client == "jstorrent":
-        return [str(JSTORRENT), "get", "--quiet", "-d", str(out_dir), "--listen", host, "--port", str(port),
+        return [str(JSTORRENT), "get", "--json", "-d", str(out_dir), "--listen", host, "--port", str(port),
                 *scenario.jstorrent_args, str(payload.torrent_path)]
     if client == "aria2c":
         return aria2c_command(payload.torrent_path, out_dir, port, "--seed-time=0")
@@ -306,23 +344,27 @@ def run_client(client: str, payload: Payload, scenario: Scenario, work: Path, ru
     out_dir.mkdir(parents=True)
     log = work / f"{client}-{run}.log"
     hog = start_disk_hog(work / "hog.bin") if scenario.disk_hog else None
+    busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
     try:
         code, wall, usage = run_child(client_command(client, payload, out_dir, scenario), log, deadline)
     finally:
         if hog is not None:
             stop(hog)
     cpu = usage.ru_utime + usage.ru_stime
+    seeders = own_cpu_seconds() - own_before
+    others = max(0.0, machine_busy_seconds() - busy_before - cpu - seeders)
     rss = usage.ru_maxrss * 1024  # KiB on Linux
     if code is None:
         problem = f"killed after {deadline:.0f} s"
     elif code != 0:
-        tail = log.read_text(errors="replace")[-300:].strip().replace("\n", " | ")
-        problem = f"exit {code}: {tail}"
+        last_words = log.read_text(errors="replace")[-300:].strip().replace("\n", " | ")
+        problem = f"exit {code}: {last_words}"
     else:
         problem = verify(payload, out_dir) or ""
+    session_time, tail = jstorrent_timing(log) if client == "jstorrent" and not problem else (None, None)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.sync()  # the next client does not pay for this one's write-back
-    return RunResult(client, not problem, wall, cpu, rss, problem)
+    return RunResult(client, not problem, wall, cpu, rss, problem, seeders, others, session_time, tail)
 
 
 # ---------------------------------------------------------------- scenario 6's slow writer
@@ -386,6 +428,7 @@ class Row:
     cpu_per_gib: float
     rss: float  # MiB
     problems: tuple[str, ...]
+    others: float  # median CPU seconds used by unrelated processes during a run (noise)
 
 
 def summarise(scenario: Scenario, results: list[RunResult], clients: Sequence[str]) -> list[Row]:
@@ -398,26 +441,34 @@ def summarise(scenario: Scenario, results: list[RunResult], clients: Sequence[st
             cpu = statistics.median(r.cpu for r in good) / (scenario.total / GiB)
             rss = statistics.median(r.max_rss for r in good) / MiB
             rows.append(Row(client, len(mine), len(good), wall, scenario.total / wall / MB, cpu, rss,
-                            tuple(r.problem for r in mine if not r.ok)))
+                            tuple(r.problem for r in mine if not r.ok), statistics.median(r.others_cpu for r in good)))
         else:
             rows.append(Row(client, len(mine), 0, float("nan"), float("nan"), float("nan"), float("nan"),
-                            tuple(r.problem for r in mine)))
+                            tuple(r.problem for r in mine), float("nan")))
     return rows
 
 
-def table(scenario: Scenario, rows: list[Row]) -> str:
+def table(scenario: Scenario, rows: list[Row], results: list[RunResult]) -> str:
     js = next((r for r in rows if r.client == "jstorrent" and r.ok), None)
     lines = [f"### Scenario {scenario.number}: {scenario.title}", "",
              f"{scenario.total / MiB:.0f} MiB in {len(scenario.sizes)} file(s), {scenario.piece_length // KiB} KiB "
              f"pieces, {len(scenario.seeder_limits)} seeder(s)"
              + (f", ideal {scenario.ideal_seconds:.1f} s" if scenario.ideal_seconds else "")
              + (f". {scenario.note}" if scenario.note else ""), "",
-             "| client | ok/runs | median wall s | MB/s | CPU s/GiB | peak RSS MiB | wall / jstorrent |",
-             "|---|---|---|---|---|---|---|"]
+             "| client | ok/runs | median wall s | MB/s | CPU s/GiB | peak RSS MiB | wall / jstorrent "
+             "| other load CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r.wall / js.wall:.2f}" if js and r.ok else "-"
         lines.append(f"| {r.client} | {r.ok}/{r.runs} | {r.wall:.2f} | {r.rate:.1f} | {r.cpu_per_gib:.2f} | "
-                     f"{r.rss:.0f} | {ratio} |")
+                     f"{r.rss:.0f} | {ratio} | {r.others:.1f} |")
+    js_runs = [r for r in results if r.client == "jstorrent" and r.session_time is not None]
+    if js_runs:
+        lines.append(f"\njstorrent's own figures (`--json`): median download_time "
+                     f"{statistics.median(r.session_time or 0.0 for r in js_runs):.2f} s (wall minus start-up, "
+                     f"announce and exit); 99 % -> done took at most "
+                     f"{', '.join(f'{r.tail:.1f}' for r in js_runs if r.tail is not None)} s "
+                     "(bound from the 1 s progress records)")
     for r in rows:
         for p in r.problems:
             lines.append(f"\nfailure ({r.client}): {p}")
@@ -448,7 +499,10 @@ def run_scenario(scenario: Scenario, clients: Sequence[str], runs: int, tmp_root
                         log(f"scenario {scenario.number} run {run + 1} {client}: "
                             + (f"{result.wall:.2f} s, {scenario.total / result.wall / MB:.1f} MB/s, cpu "
                                f"{result.cpu:.2f} s, rss {result.max_rss / MiB:.0f} MiB" if result.ok
-                               else f"FAILED ({result.problem})"))
+                               else f"FAILED ({result.problem})")
+                            + f"; seeders cpu {result.seeders_cpu:.2f} s, other load {result.others_cpu:.2f} s"
+                            + (f"; session {result.session_time:.2f} s, 99 %->done <= {result.tail:.1f} s"
+                               if result.session_time is not None and result.tail is not None else ""))
     return summarise(scenario, results, clients), results
 
 
@@ -518,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for number in chosen:
         scenario = all_scenarios[number]
         rows, results = run_scenario(scenario, clients, args.runs, tmp_root, args.timeout, log)
-        text = table(scenario, rows)
+        text = table(scenario, rows, results)
         print(text, flush=True)
         if args.markdown:
             with open(args.markdown, "a") as f:

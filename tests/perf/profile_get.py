@@ -1,0 +1,143 @@
+"""Profile `jstorrent get` on the swarm benchmark's scenario 1 (not a test): where does the time go?
+
+Builds scenario 1 of bench_swarm.py (one libtorrent seeder on loopback, found through opentracker, a
+single file with 1 MiB pieces), runs one `jstorrent get --quiet` under py-spy (sampling every thread of
+the process, idle time left out) and prints the hot spots: per function, the share of samples spent in
+it (self) and under it (total), and the share of the trio thread against the worker threads. The output
+is checked against the payload like every benchmark run.
+
+py-spy is not a project dependency: `.venv/bin/pip install py-spy` (or pyinstrument for --tool
+pyinstrument, which only sees the trio thread).
+
+Run: .venv/bin/python tests/perf/profile_get.py [--size 1G] [--rate 250] [--top 25] [--out DIR] [--gil]
+     [--tool py-spy|pyinstrument] [--scenario N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_swarm as bench
+
+from jstorrent_cli.config import MiB
+from tests.conftest import free_port
+from tests.interop.opentracker_fixture import require_opentracker, running_opentracker
+
+VENV_BIN = bench.ROOT / ".venv" / "bin"
+# py-spy writes frames as "function (file:line)"; the line is dropped to add up a function's samples.
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+# A frame of trio's worker-thread cache marks a stack as a worker thread (writer, hasher, uploader reads).
+_WORKER_MARK = "_thread_cache.py"
+
+
+def short(frame: str) -> str:
+    """`func (path/to/pkg/mod.py:12)` -> `pkg/mod.py:func`."""
+    match = _FRAME.match(frame)
+    if not match:
+        return frame
+    path = match.group("file")
+    parts = path.split("/")
+    where = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{where}:{match.group('func')}"
+
+
+def read_raw(path: Path) -> list[tuple[list[str], int]]:
+    """py-spy's raw (collapsed) format: `frame;frame;...;leaf count` per line, root first."""
+    stacks = []
+    for line in path.read_text(errors="replace").splitlines():
+        head, _, count = line.rpartition(" ")
+        if head and count.isdigit():
+            stacks.append((head.split(";"), int(count)))
+    return stacks
+
+
+def report(stacks: Iterable[tuple[list[str], int]], top: int) -> str:
+    self_count: collections.Counter[str] = collections.Counter()
+    total_count: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for frames, count in stacks:
+        frames = [f for f in frames if not f.startswith(("thread (", "process "))]
+        if not frames:
+            continue
+        total += count
+        threads["worker threads" if any(_WORKER_MARK in f for f in frames) else "trio thread"] += count
+        names = [short(f) for f in frames]
+        self_count[names[-1]] += count
+        for name in set(names):
+            total_count[name] += count
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples (busy threads only)", ""]
+    lines += [f"- {name}: {n / total:.1%}" for name, n in threads.most_common()]
+    lines += ["", "| self % | function |", "|---|---|"]
+    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in self_count.most_common(top)]
+    lines += ["", "| total % | function |", "|---|---|"]
+    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in total_count.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--scenario", type=int, default=1, choices=range(1, 7))
+    parser.add_argument("--size", default="1G")
+    parser.add_argument("--small-size", default="256M")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--gil", action="store_true", help="py-spy --gil: only the thread holding the GIL")
+    parser.add_argument("--tool", choices=("py-spy", "pyinstrument"), default="py-spy")
+    parser.add_argument("--out", default=None, help="folder for the profile files (default: a new one in tmp)")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    require_opentracker()
+    scenario = bench.scenarios(bench.parse_size(args.size), bench.parse_size(args.small_size))[args.scenario]
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="jstorrent-profile-"))
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="profile-get-") as tmp_name:
+        tmp = Path(tmp_name)
+        payload = bench.make_payload(scenario, tmp, None)
+        with running_opentracker(tmp / "tracker", [payload.info_hash], bench.TRACKER_HOST) as tracker:
+            torrent = bench.with_tracker(payload.torrent, tracker.http_url)
+            payload.torrent_path.write_bytes(torrent)
+            with bench.running_seeders(payload, scenario.seeder_limits, tracker.http_url):
+                download = tmp / "download"
+                download.mkdir()
+                get = [str(VENV_BIN / "jstorrent"), "get", "--quiet", "-d", str(download), "--listen",
+                       bench.CLIENT_HOSTS["jstorrent"], "--port", str(free_port(bench.CLIENT_HOSTS["jstorrent"])),
+                       *scenario.jstorrent_args, str(payload.torrent_path)]
+                if args.tool == "py-spy":
+                    profile = out / "py-spy.raw"
+                    command = [str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--rate", str(args.rate),
+                               "--threads", "-o", str(profile), *(["--gil"] if args.gil else []), "--", *get]
+                else:
+                    profile = out / "pyinstrument.txt"
+                    command = [str(VENV_BIN / "python"), "-m", "pyinstrument", "-r", "text", "-o", str(profile),
+                               "-m", "jstorrent_cli", *get[1:]]
+                code, wall, usage = bench.run_child(command, out / "profiler.log", args.timeout)
+                problem = bench.verify(payload, download) if code == 0 else f"exit {code}"
+                shutil.rmtree(download, ignore_errors=True)
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f"scenario {scenario.number}, {scenario.total / MiB:.0f} MiB under {args.tool}: {wall:.2f} s "
+          f"({scenario.total / wall / bench.MB:.1f} MB/s, slowed by the profiler), CPU {cpu:.2f} s; "
+          f"output {'verified' if not problem else 'WRONG: ' + problem}")
+    if args.tool == "py-spy":
+        text = report(read_raw(profile), args.top)
+        (out / "hotspots.md").write_text(text)
+        print(text)
+    else:
+        print(profile.read_text())
+    print(f"profile files in {out}")
+    return 0 if not problem else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
