@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -56,6 +56,7 @@ class ConnectionManager:
         self.uploaded_closed = 0
         self.connecting = 0
         self.accepting = True  # False once the session is stopping
+        self.on_empty: Callable[[], None] | None = None  # every connection is gone (re-announce sooner)
         self._ids = itertools.count(1)
         self._wake = trio.Event()
 
@@ -97,6 +98,8 @@ class ConnectionManager:
             self.uploaded_closed += link.up.total
             if link.down.total or link.up.total:
                 self.peers_used.add((ip, port))
+            if not self.links and self.on_empty is not None and self.accepting:
+                self.on_empty()
             self._wake.set()
         return link
 

@@ -359,6 +359,8 @@ class _Connection:
             or len(self.queued) >= self.config.upload_queue_per_peer
         ):
             if self.proto.fast:
+                if len(self.rejects) >= self.config.upload_queue_per_peer:
+                    raise RemoteProtocolError("requests keep coming faster than it reads our rejects")
                 self.rejects.append(ref)
                 self.upload_wake.set()
             return

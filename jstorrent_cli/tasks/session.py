@@ -489,6 +489,7 @@ class _Session:
                 client = TrackerClient(http, config, udp_local_host=local)
                 self.announcer = Announcer(TrackerTiers(torrent.trackers, self.rng), client.announce,
                                            self.announce_request, manager.add_addresses, config)
+                manager.on_empty = self.announcer.swarm_ran_dry
                 nursery.start_soon(self.announcer.run)
             task_status.started(self.listen_port)
             if already_done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from collections.abc import AsyncIterator
@@ -200,3 +201,30 @@ async def test_keep_alive_after_the_interval(autojump_clock: trio.testing.MockCl
             sent_at = trio.current_time()
             assert isinstance(await remote.next_message(wire.KeepAlive), wire.KeepAlive)
             assert trio.current_time() - sent_at >= DEFAULT_CONFIG.keepalive_interval - 1
+
+
+async def test_a_peer_that_floods_requests_and_never_reads_our_rejects_is_dropped() -> None:
+    ours, theirs = trio.testing.lockstep_stream_pair()  # a send waits until the other side reads it
+    send, facts = trio.open_memory_channel[Fact](1000)
+    ctx = TorrentContext(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LENGTH, TOTAL, DEFAULT_CONFIG, have_bits(0), send,
+                         read_block)
+    link = PeerLink(1, "127.0.0.9", 6881, DEFAULT_CONFIG, incoming=False, now=trio.current_time())
+    remote = Remote(theirs)
+    flood = DEFAULT_CONFIG.upload_queue_per_peer * 2
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_peer, ours, link, ctx)
+            seen_bitfield = trio.Event()
+
+            async def read_until_our_bitfield() -> None:
+                await remote.next_message(wire.Bitfield)  # our first message; after it, we never read
+                seen_bitfield.set()
+
+            nursery.start_soon(read_until_our_bitfield)
+            await theirs.send_all(remote.proto.send_handshake())
+            await remote.send(wire.ExtendedHandshake(reqq=7), wire.HAVE_NONE)
+            await seen_bitfield.wait()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await remote.send(*[wire.Request(0, 0, 16 * KiB)] * flood)  # we choke them: all rejected
+            assert await next_fact(facts, PeerGone) == PeerGone(1)
+    assert link.close_reason is not None and "rejects" in link.close_reason
