@@ -235,3 +235,25 @@ async def test_a_peer_that_sends_bad_data_is_banned_by_ip_any_port(tmp_path: Pat
                                                     torrent.piece_length, torrent.total_length).send_handshake())
             assert len(await honest.receive_some(68)) > 0
             nursery.cancel_scope.cancel()
+
+
+async def test_max_peers_caps_the_connections(tmp_path: Path) -> None:
+    files = random_files(23, [2 * 1024 * KiB])
+    _, torrent = build_torrent("cap", files, 16 * KiB)
+    for d in ("a", "b"):
+        write_payload(tmp_path / d, "cap", files)
+    capped = dataclasses.replace(DEFAULT_CONFIG, max_peers=1)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            ports = [
+                await nursery.start(functools.partial(
+                    session.run, DEFAULT_CONFIG, torrent, tmp_path / d, listen_host=host, port=0, seed_time=math.inf))
+                for d, host in (("a", "127.0.0.2"), ("b", "127.0.0.4"))
+            ]
+            result = await session.run(capped, torrent, tmp_path / "leech",
+                                       peers=[("127.0.0.2", ports[0]), ("127.0.0.4", ports[1])],
+                                       listen_host="127.0.0.3", port=0)
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok"
+    assert result.peers_used == 1  # two seeders offered, one connection allowed
+    assert_payload(tmp_path / "leech", "cap", files)
