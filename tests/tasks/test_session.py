@@ -257,3 +257,32 @@ async def test_max_peers_caps_the_connections(tmp_path: Path) -> None:
     assert result.status == "ok"
     assert result.peers_used == 1  # two seeders offered, one connection allowed
     assert_payload(tmp_path / "leech", "cap", files)
+
+
+@pytest.mark.parametrize("side", ["download", "upload"])
+async def test_rate_limits_hold_the_transfer_to_the_rate(tmp_path: Path, side: str) -> None:
+    size = 2 * 1024 * KiB
+    rate = 1024 * KiB
+    files = random_files(29, [size])
+    _, torrent = build_torrent("slow", files, 16 * KiB)
+    write_payload(tmp_path / "seed", "slow", files)
+    if side == "download":
+        limited = dataclasses.replace(DEFAULT_CONFIG, max_download_rate=rate)
+    else:
+        limited = dataclasses.replace(DEFAULT_CONFIG, max_upload_rate=rate)
+    seed_config = limited if side == "upload" else DEFAULT_CONFIG
+    leech_config = limited if side == "download" else DEFAULT_CONFIG
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(
+                session.run, seed_config, torrent, tmp_path / "seed", listen_host="127.0.0.2", port=0,
+                seed_time=math.inf))
+            started = trio.current_time()
+            result = await session.run(leech_config, torrent, tmp_path / "leech", peers=[("127.0.0.2", port)],
+                                       listen_host="127.0.0.3", port=0)
+            took = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok"
+    # A full bucket lets one burst through at once; the rest cannot go faster than the rate.
+    assert took >= (size - rate * DEFAULT_CONFIG.rate_limit_burst) / rate
+    assert_payload(tmp_path / "leech", "slow", files)
