@@ -150,6 +150,10 @@ class Picker:
         rng.shuffle(self.rank)  # rank[piece]: the random tie-break among equally rare pieces
         order = sorted(range(num_pieces), key=self.rank.__getitem__)
         self._buckets: list[dict[int, None]] = [dict.fromkeys(p for p in order if self.unstarted[p])]
+        # Deletions per bucket since it was last compacted: a dict never shrinks on delete, and
+        # iterating one walks over every hole left at its front, so a bucket is rebuilt once holes
+        # outnumber its entries (amortised O(1) per deletion).
+        self._holes: list[int] = [0]
         self._seq_cursor = 0
 
         self.active: dict[int, ActivePiece] = {}
@@ -252,11 +256,21 @@ class Picker:
                 self._move(piece, count, count - 1)
 
     def _move(self, piece: int, old: int, new: int) -> None:
+        self._take_out(piece, old)
         buckets = self._buckets
-        del buckets[old][piece]
         while len(buckets) <= new:
             buckets.append({})
+            self._holes.append(0)
         buckets[new][piece] = None
+
+    def _take_out(self, piece: int, bucket: int) -> None:
+        entries = self._buckets[bucket]
+        del entries[piece]
+        holes = self._holes[bucket] + 1
+        if holes > len(entries):
+            self._buckets[bucket] = dict(entries)  # a copy has no holes
+            holes = 0
+        self._holes[bucket] = holes
 
     # --- starting pieces ---------------------------------------------------------------------------
 
@@ -265,7 +279,7 @@ class Picker:
         assert self.unstarted[piece]
         self.unstarted[piece] = 0
         self.unstarted_count -= 1
-        del self._buckets[self.avail[piece]][piece]
+        self._take_out(piece, self.avail[piece])
         for view in self.peers.values():
             if not view.has_all and view.bitmap is not None and view.bitmap[piece]:
                 view.unstarted -= 1
@@ -287,6 +301,7 @@ class Picker:
         bucket = self.avail[piece]
         while len(self._buckets) <= bucket:
             self._buckets.append({})
+            self._holes.append(0)
         self._buckets[bucket][piece] = None
         for view in self.peers.values():
             if not view.has_all and view.bitmap is not None and view.bitmap[piece]:
