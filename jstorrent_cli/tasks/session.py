@@ -43,7 +43,7 @@ from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.core.messages import BlocksWritten, Fact, PeerId, PieceHashed, ReceivedBlock
 from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
-from jstorrent_cli.errors import ExitStatus, JsTorrentError
+from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError
 from jstorrent_cli.tasks import listener as listener_mod
 from jstorrent_cli.tasks.connections import Address, ConnectionManager
 from jstorrent_cli.tasks.peer import TokenBucket, TorrentContext
@@ -398,7 +398,10 @@ class _Session:
         config = self.config
         torrent = self.torrent
         files = storage_files(torrent.files)
-        os.makedirs(self.out_dir, exist_ok=True)
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+        except OSError as err:
+            raise FileCreateError(f"cannot create the download folder {self.out_dir}: {err.strerror}") from None
         with contextlib.ExitStack() as stack:
             # Signals are caught before anything shows that the session runs.
             signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
