@@ -179,19 +179,27 @@ def detail_from_scheduler(scheduler: Scheduler) -> PieceDetail:
         pid: None if view.bitmap is None else bytes(view.bitmap) for pid, view in picker.peers.items()}
     needed = bytes(picker.needed)
     barred: dict[PeerId, frozenset[int]] = {}
-    # Only a peer that does not choke us needs its bars. This asks is_barred once per (peer, needed piece it
-    # has): fine for tests and small torrents; the scheduler itself can list its few bars directly.
     for ps in scheduler.snapshot().peers:
         if ps.peer_choking or ps.peer not in peer_has:
-            continue
-        has = peer_has[ps.peer]
-        candidates = (i for i in range(picker.num_pieces) if needed[i] and (has is None or has[i]))
-        bars = frozenset(i for i in candidates if scheduler.is_barred(ps.peer, i))
+            continue  # only a peer that does not choke us needs its bars
+        bars = frozenset(i for i in _bar_candidates(scheduler, ps.peer, needed, peer_has[ps.peer])
+                         if scheduler.is_barred(ps.peer, i))
         if bars:
             barred[ps.peer] = bars
     return PieceDetail(
         num_pieces=picker.num_pieces, piece_length=picker.piece_length, total_length=picker.total_length,
         block_size=picker.block_size, needed=needed, active=tuple(active), peer_has=peer_has, barred=barred)
+
+
+def _bar_candidates(scheduler: Scheduler, peer: PeerId, needed: bytes, has: bytes | None) -> Iterable[int]:
+    """Pieces that may be barred for `peer`: the scheduler's own short list when it can be read (a private
+    detail, so checked), else every needed piece the peer has (O(pieces) per peer: slow on big torrents)."""
+    inner: Any = getattr(scheduler, "_peers", None)
+    state: Any = inner.get(peer) if isinstance(inner, dict) else None
+    bars: Any = getattr(state, "bars", None)
+    if isinstance(bars, dict):
+        return [piece for piece in bars if isinstance(piece, int)]
+    return (i for i in range(len(needed)) if needed[i] and (has is None or has[i]))
 
 
 # --- the report --------------------------------------------------------------------------------------
