@@ -23,6 +23,7 @@ How one piece is classified (the first rule that applies wins)::
         budget full, mostly bytes in flight          -> QUEUED               (waits for requests out)
         an unchoking holder has a spare slot (and
         may ask for this piece now)                  -> NOT_YET_REQUESTED    (the scheduler's fault)
+        some of its blocks are requested             -> REQUESTED_SLOW       (its own requests are late)
         an unchoking holder timed out on it or
         rejected it, so it is not asked again yet    -> REQUESTED_SLOW
         otherwise: unchoking holders are all busy    -> QUEUED
@@ -81,7 +82,7 @@ _LABELS = {
     Reason.WAITING_FOR_BUDGET: "waiting for the disk writer (buffer)",
     Reason.NOBODY_HAS_IT: "no connected peer has it",
     Reason.HOLDERS_CHOKE_US: "every peer that has it chokes us",
-    Reason.REQUESTED_SLOW: "requested, not delivered (slow or snubbed peer)",
+    Reason.REQUESTED_SLOW: "requested, not delivered yet (slow or snubbed peer)",
     Reason.RATE_LIMITED: "held back by the download rate limit",
     Reason.WAITING_FOR_HASH: "on disk, waiting for the hash check",
     Reason.NOT_YET_REQUESTED: "not requested although a peer could take it (scheduler bug)",
@@ -408,10 +409,15 @@ def _classify(
                 reason = Reason.NOBODY_HAS_IT
             elif not open_b[piece]:
                 reason = Reason.HOLDERS_CHOKE_US
-            elif movable_reason is not None:
+            elif movable_reason is not None and movable_reason is not Reason.QUEUED:
                 reason = movable_reason
-            elif spare_b[piece]:
+            elif movable_reason is None and spare_b[piece]:
                 reason = Reason.NOT_YET_REQUESTED
+            elif ap.requested:
+                # Its other blocks wait behind busy peers, but its own requests are out: those are late.
+                reason = Reason.REQUESTED_SLOW
+                for pid, sent in ap.requested_from:
+                    slow_ages[pid] = max(slow_ages.get(pid, 0.0), now - sent)
             else:
                 reason = Reason.REQUESTED_SLOW if barred_b[piece] else Reason.QUEUED
             chosen.setdefault(reason, []).append(piece)
@@ -655,7 +661,7 @@ def _tracker_clause(report: StallReport) -> str:
         return f"the tracker failed{ago}: {t.last_error}{nxt}"
     received = sum(t.peers_received for t in report.trackers)
     seeds = [t.seeders for t in report.trackers if t.seeders is not None]
-    seed_text = f", {max(seeds)} seeds" if seeds else ""
+    seed_text = f", {_plural(max(seeds), 'seed')}" if seeds else ""
     return f"the trackers gave {_plural(received, 'peer')} so far{seed_text}{nxt}"
 
 
@@ -685,6 +691,8 @@ def _sentence(report: StallReport, snapshot: SchedulerSnapshot) -> str:
                 "helps; more peers (a tracker with more seeds) would too.")
     if cause is Reason.REQUESTED_SLOW:
         first = entry.peers[0] if entry.peers else None
+        if report.stalled_for is None:
+            return f"The {pieces} are requested from {_who(entry) or 'peers'} and on their way."
         age = f" for {_secs(first.request_age)}" if first is not None else ""
         snub = " (snubbed)" if first is not None and first.snubbed else ""
         return (f"The {pieces} are requested from {_who(entry)}{snub}, which has not delivered{age}: it is slow "
@@ -752,8 +760,9 @@ def report_lines(report: StallReport) -> list[str]:
         else:
             swarm = ""
             if t.seeders is not None or t.leechers is not None:
-                swarm = f" ({t.seeders if t.seeders is not None else '?'} seeds, "
-                swarm += f"{t.leechers if t.leechers is not None else '?'} leechers)"
+                seeds = "? seeds" if t.seeders is None else _plural(t.seeders, "seed")
+                leechers = "? leechers" if t.leechers is None else _plural(t.leechers, "leecher")
+                swarm = f" ({seeds}, {leechers})"
             state = f"{_plural(t.peers_received, 'peer')} received{swarm}"
         nxt = f"; next announce in {_secs(t.next_announce_in)}" if t.next_announce_in is not None else ""
         lines.append(f"Tracker {name}: {state}{nxt}.")

@@ -198,6 +198,18 @@ def test_requested_slow_names_the_peer_and_the_age() -> None:
     assert name(0) in report.most_likely_cause and "for 8s" in report.most_likely_cause
 
 
+def test_partial_piece_with_requests_out_is_slow_not_queued() -> None:
+    s = make(num_pieces=1, blocks=8)
+    out = join(s, 0, unchoke=True, now=10.0)
+    assert len(requested(out, 0)) == DEFAULT_CONFIG.peer_limit_initial < 8  # half the piece is still FREE
+    report = report_of(s, 40.0, stalled_for=30.0)
+    assert report.count(Reason.QUEUED) == 0 and pieces_of(report, Reason.REQUESTED_SLOW) == {0}
+    entry = report.entry(Reason.REQUESTED_SLOW)
+    assert entry is not None and entry.peers[0].request_age == pytest.approx(30.0)
+    live = report_of(s, 11.0)
+    assert "on their way" in live.most_likely_cause and "slow" not in live.most_likely_cause
+
+
 def test_requested_slow_after_a_timeout_the_peer_is_not_asked_again_yet() -> None:
     s = make(num_pieces=1, blocks=4)
     join(s, 0, unchoke=True)
