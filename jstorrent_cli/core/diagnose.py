@@ -311,7 +311,7 @@ def diagnose(
         idle_peers=tuple(idle[:cap]), more_idle_peers=max(0, len(idle) - cap),
         bytes_in_flight=snapshot.bytes_in_flight, bytes_waiting_for_disk=snapshot.bytes_waiting_for_disk,
         budget=snapshot.budget, trackers=tracker_entries, cause=cause, most_likely_cause="")
-    return dataclasses.replace(report, most_likely_cause=_sentence(report, snapshot))
+    return dataclasses.replace(report, most_likely_cause=_sentence(report))
 
 
 def _classify(
@@ -665,54 +665,62 @@ def _tracker_clause(report: StallReport) -> str:
     return f"the trackers gave {_plural(received, 'peer')} so far{seed_text}{nxt}"
 
 
-def _sentence(report: StallReport, snapshot: SchedulerSnapshot) -> str:
+def _sentence(report: StallReport) -> str:
     cause = report.cause
     if cause is None:
-        return "Nothing is missing: every wanted piece is verified or on its way to the hash check."
+        return "Nothing is missing: every wanted piece is verified."
     entry = report.entry(cause)
     assert entry is not None
-    pieces = _plural(entry.pieces, "missing piece")
+    one = entry.pieces == 1
+    pieces = "the missing piece" if one else f"the {entry.pieces} missing pieces"
+    are = "is" if one else "are"
+    them = "it" if one else "them"
+    holders = len(entry.peers) + entry.more_peers
     if cause is Reason.NO_PEERS:
         return (f"No peer is connected and {_tracker_clause(report)}. Check the network and the trackers; "
                 "jstorrent keeps announcing and connects as soon as peers are known.")
     if cause is Reason.WAITING_FOR_BUDGET:
         return (f"The disk is behind: {_size(report.bytes_waiting_for_disk)} received wait to be written and the "
-                f"{_size(report.budget)} buffer is full, so no new requests go out ({pieces} wait). A faster "
-                "disk (or fewer downloads at once) helps; a larger --max-buffer only hides it.")
+                f"{_size(report.budget)} buffer is full, so no new requests go out for {pieces}. A faster disk "
+                "(or fewer downloads at once) helps; a larger --max-buffer only hides it.")
     if cause is Reason.NOBODY_HAS_IT:
-        return (f"None of the {_plural(report.peers_connected, 'connected peer')} has the {pieces}; only a peer "
-                "that has them (a seed) can finish this. Keep it running so new peers arrive, or find another "
-                "source for this torrent.")
+        who = ("The only connected peer does not have" if report.peers_connected == 1
+               else f"None of the {report.peers_connected} connected peers has")
+        return (f"{who} {pieces}; only a peer that has {them} (a seed) can finish this. Keep it running so new "
+                "peers arrive, or find another source for this torrent.")
     if cause is Reason.HOLDERS_CHOKE_US:
-        holders = len(entry.peers) + entry.more_peers
         who = "The only peer that has" if holders == 1 else f"All {holders} peers that have"
         verb, they = ("is", "it") if holders == 1 else ("are", "they")
-        return (f"{who} the {pieces} {verb} choking us; {they} may be busy uploading to others. Waiting usually "
+        return (f"{who} {pieces} {verb} choking us; {they} may be busy uploading to others. Waiting usually "
                 "helps; more peers (a tracker with more seeds) would too.")
     if cause is Reason.REQUESTED_SLOW:
         first = entry.peers[0] if entry.peers else None
+        source = _who(entry) or "peers"
         if report.stalled_for is None:
-            return f"The {pieces} are requested from {_who(entry) or 'peers'} and on their way."
-        age = f" for {_secs(first.request_age)}" if first is not None else ""
+            return f"{pieces.capitalize()} {are} requested from {source} and on {'its' if one else 'their'} way."
+        age = f" for {_secs(first.request_age)}" if first is not None and first.request_age is not None else ""
         snub = " (snubbed)" if first is not None and first.snubbed else ""
-        return (f"The {pieces} are requested from {_who(entry)}{snub}, which has not delivered{age}: it is slow "
-                "or has stalled. jstorrent asks other peers once the request times out; more peers would help.")
+        return (f"{pieces.capitalize()} {are} requested from {source}{snub}, which has sent nothing{age}: slow "
+                "or stalled. jstorrent asks other peers once a request times out; more peers would help.")
     if cause is Reason.RATE_LIMITED:
-        return (f"The download rate limit holds back the {pieces}; raise or remove --max-download-limit.")
+        return f"The download rate limit holds back {pieces}; raise or remove --max-download-limit."
     if cause is Reason.WAITING_FOR_HASH:
-        return (f"The {pieces} are on disk waiting for the hash check: the hasher is behind (slow disk reads "
-                "or a busy CPU). Waiting helps.")
+        return (f"{pieces.capitalize()} {are} on disk waiting for the hash check: the hasher is behind (slow "
+                "disk reads or a busy CPU). Waiting helps.")
     if cause is Reason.NOT_YET_REQUESTED:
-        who = _who(entry) if entry.peers else "a peer"
-        return (f"{who} could send the {pieces} but nothing was asked of it: this is a jstorrent scheduler bug. "
+        who = _who(entry) if entry.peers else "A peer"
+        return (f"{who} could send {pieces} but nothing was asked: this is a jstorrent scheduler bug. "
                 "Please report it with a --log-json log of this run.")
     # QUEUED
+    who = "the peer" if holders == 1 else "the peers"
     if report.stalled_for is None or not entry.peers:
-        return (f"The peers that have the {pieces} are busy with other requests; the pieces are next in line.")
+        return f"{pieces.capitalize()} {are} next in line: {who} that {'has' if one else 'have'} {them} " \
+               f"{'is' if holders == 1 else 'are'} busy with other requests."
     busy = entry.peers[0]
-    oldest = f" (the oldest for {_secs(busy.request_age)})" if busy.request_age is not None else ""
-    return (f"The peers that have the {pieces} ({_who(entry)}) are busy with requests that do not come "
-            f"back{oldest}: they are slow. Requests that time out move to other peers; more peers would help.")
+    oldest = f", the oldest out for {_secs(busy.request_age)}" if busy.request_age is not None else ""
+    return (f"{pieces.capitalize()} wait behind requests to {_who(entry)} that do not come back{oldest}: "
+            f"{'it is' if holders == 1 else 'they are'} slow. Requests that time out move to other peers; more "
+            "peers would help.")
 
 
 # --- renderers ------------------------------------------------------------------------------------------

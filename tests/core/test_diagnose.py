@@ -207,7 +207,7 @@ def test_partial_piece_with_requests_out_is_slow_not_queued() -> None:
     entry = report.entry(Reason.REQUESTED_SLOW)
     assert entry is not None and entry.peers[0].request_age == pytest.approx(30.0)
     live = report_of(s, 11.0)
-    assert "on their way" in live.most_likely_cause and "slow" not in live.most_likely_cause
+    assert "on its way" in live.most_likely_cause and "slow" not in live.most_likely_cause
 
 
 def test_requested_slow_after_a_timeout_the_peer_is_not_asked_again_yet() -> None:
