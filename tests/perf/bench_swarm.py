@@ -3,9 +3,10 @@
 One process builds a payload in a temporary folder on the real disk, starts opentracker on 127.0.0.1 and
 libtorrent seeders (each on its own 127.0.0.x address, optionally upload-limited), then downloads the same
 torrent with every client, `--runs` times each, interleaved (js, aria2c, lt, js, aria2c, lt, ...). Every
-client is a child process: its wall time is measured from spawn to exit, its CPU time and peak RSS come
-from os.wait4 (its own rusage, not ours, not the seeders'). Every output is compared file by file (SHA-1)
-with the payload, then deleted. A client that passes its deadline is killed and counted as a failure.
+client is a child process: its wall time is measured from spawn to exit, its CPU time comes from os.wait4
+(its own rusage, not ours, not the seeders'), its peak RSS from its own VmHWM. Every output is compared
+file by file (SHA-1) with the payload, then deleted.
+A client that passes its deadline is killed and counted as a failure.
 
 Run: .venv/bin/python tests/perf/bench_swarm.py [--scenario N ...] [--size 1G] [--runs 3]
      [--clients jstorrent,aria2c,libtorrent] [--timeout S] [--tmp DIR] [--markdown FILE]
@@ -316,17 +317,36 @@ def client_command(client: str, payload: Payload, out_dir: Path, scenario: Scena
     raise ValueError(client)
 
 
-def run_child(command: list[str], log: Path, deadline: float) -> tuple[int | None, float, resource.struct_rusage]:
+def high_water_rss(pid: int) -> int:
+    """VmHWM of a live process in bytes (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_child(command: list[str], log: Path, deadline: float
+              ) -> tuple[int | None, float, resource.struct_rusage, int]:
     """Spawn, wait (polling, with a deadline), reap with wait4. Returns (exit status or None if killed at the
-    deadline, wall seconds, the child's rusage)."""
+    deadline, wall seconds, the child's rusage, its peak RSS in bytes).
+
+    The peak RSS is the child's own VmHWM, read at every poll: wait4's ru_maxrss is useless here, because
+    Linux carries the parent's high-water mark over fork/vfork and exec into the child's, and the parent
+    (which runs the seeders, whose libtorrent maps the payload) is far bigger than the clients."""
     with log.open("wb") as out:
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
     timed_out = False
+    peak = 0
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
+        peak = max(peak, high_water_rss(process.pid))
         if time.monotonic() - started > deadline:
             timed_out = True
             os.kill(process.pid, signal.SIGKILL)  # this PID only
@@ -335,7 +355,7 @@ def run_child(command: list[str], log: Path, deadline: float) -> tuple[int | Non
         time.sleep(POLL)
     wall = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, tell Popen
-    return (None if timed_out else process.returncode), wall, usage
+    return (None if timed_out else process.returncode), wall, usage, peak
 
 
 def run_client(client: str, payload: Payload, scenario: Scenario, work: Path, run: int,
@@ -346,14 +366,13 @@ def run_client(client: str, payload: Payload, scenario: Scenario, work: Path, ru
     hog = start_disk_hog(work / "hog.bin") if scenario.disk_hog else None
     busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
     try:
-        code, wall, usage = run_child(client_command(client, payload, out_dir, scenario), log, deadline)
+        code, wall, usage, rss = run_child(client_command(client, payload, out_dir, scenario), log, deadline)
     finally:
         if hog is not None:
             stop(hog)
     cpu = usage.ru_utime + usage.ru_stime
     seeders = own_cpu_seconds() - own_before
     others = max(0.0, machine_busy_seconds() - busy_before - cpu - seeders)
-    rss = usage.ru_maxrss * 1024  # KiB on Linux
     if code is None:
         problem = f"killed after {deadline:.0f} s"
     elif code != 0:

@@ -122,7 +122,7 @@ def main() -> int:
                     profile = out / "pyinstrument.txt"
                     command = [str(VENV_BIN / "python"), "-m", "pyinstrument", "-r", "text", "-o", str(profile),
                                "-m", "jstorrent_cli", *get[1:]]
-                code, wall, usage = bench.run_child(command, out / "profiler.log", args.timeout)
+                code, wall, usage, _ = bench.run_child(command, out / "profiler.log", args.timeout)
                 problem = bench.verify(payload, download) if code == 0 else f"exit {code}"
                 shutil.rmtree(download, ignore_errors=True)
     cpu = usage.ru_utime + usage.ru_stime
