@@ -20,13 +20,13 @@ How one piece is classified (the first rule that applies wins)::
         every peer that has it chokes us             -> HOLDERS_CHOKE_US     (allowed-fast counts as open)
         budget full, mostly bytes waiting for disk   -> WAITING_FOR_BUDGET
         the download rate limit is active            -> RATE_LIMITED
-        budget full, mostly bytes in flight          -> QUEUED               (waits for requests out)
-        an unchoking holder has a spare slot (and
-        may ask for this piece now)                  -> NOT_YET_REQUESTED    (the scheduler's fault)
+        budget has room and an unchoking holder has
+        a spare slot and may ask for this piece now  -> NOT_YET_REQUESTED    (the scheduler's fault)
         some of its blocks are requested             -> REQUESTED_SLOW       (its own requests are late)
         an unchoking holder timed out on it or
         rejected it, so it is not asked again yet    -> REQUESTED_SLOW
-        otherwise: unchoking holders are all busy    -> QUEUED
+        otherwise (unchoking holders all busy, or
+        the budget is full of requests in flight)    -> QUEUED
 
 QUEUED is not in the issue's list: without it, every not-yet-started piece of a healthy download would
 have to be called "slow" or "not requested". In a stall its peers are the ones whose requests are not
@@ -37,7 +37,7 @@ the disk fill the budget; else the reason covering the most missing bytes (ties:
 
 Cost: the per-piece work runs in C over one byte per piece (peer bitfields as big integers, OR/AND per
 peer, `bytes.find` for ranges); only started pieces (a few dozen) are looked at one by one in Python, so
-an 80,000-piece torrent with 50 peers costs a few milliseconds per report.
+an 80,000-piece torrent with 50 peers costs about 10 ms per report.
 
 Without a `PieceDetail` (the scheduler does not provide it yet) the classification is estimated from the
 snapshot's totals: the report says so (`precise` is False) and lists no piece numbers.
@@ -378,11 +378,13 @@ def _classify(
     sets[Reason.HOLDERS_CHOKE_US] = unstarted & any_has & (ones ^ open_has)
     movable = unstarted & open_has
     movable_reason = _movable_reason(rate_limited, budget_full, disk_full)
-    if movable_reason is not None:
+    if movable_reason is not None and movable_reason is not Reason.QUEUED:
         sets[movable_reason] = movable
     else:
-        sets[Reason.NOT_YET_REQUESTED] = movable & spare_any
-        waiting = movable & (ones ^ spare_any)
+        # With budget room, a spare slot that may ask for the piece means the scheduler forgot it.
+        forgotten = movable & spare_any if movable_reason is None else 0
+        sets[Reason.NOT_YET_REQUESTED] = forgotten
+        waiting = movable & (ones ^ forgotten)
         sets[Reason.REQUESTED_SLOW] = waiting & barred_any  # timed out or rejected: not asked again yet
         sets[Reason.QUEUED] = waiting & (ones ^ barred_any)
 

@@ -245,6 +245,21 @@ def test_waiting_for_budget_when_the_writer_is_behind() -> None:
     assert after.count(Reason.WAITING_FOR_HASH) == 1
 
 
+def test_budget_full_of_requests_in_flight_is_not_blamed_on_the_scheduler() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=4 * BS)
+    s = make(num_pieces=6, blocks=4, config=config)
+    assert len(requested(join(s, 0, unchoke=True), 0)) == 4  # the whole budget is in flight from peer 0
+    assert requested(join(s, 1, unchoke=True), 1) == []  # peer 1 has free slots but no budget room
+    snap = s.snapshot()
+    assert {ps.peer: ps.outstanding < ps.limit for ps in snap.peers} == {0: False, 1: True}
+    report = report_of(s, 30.0, stalled_for=30.0, config=config)
+    check_consistent(report, s)
+    assert report.count(Reason.NOT_YET_REQUESTED) == 0 and report.count(Reason.WAITING_FOR_BUDGET) == 0
+    assert report.count(Reason.QUEUED) == 5 and pieces_of(report, Reason.REQUESTED_SLOW) == {
+        ref[0] for ref in s.outstanding(0)}
+    assert peer_names(report, Reason.REQUESTED_SLOW) == {name(0)}
+
+
 def test_waiting_for_hash() -> None:
     s = make(num_pieces=1, blocks=4)
     refs = requested(join(s, 0, unchoke=True), 0)
