@@ -1,4 +1,4 @@
-"""Run Debian's opentracker on 127.0.0.1 for interop tests.
+"""Run Debian's opentracker on loopback for interop tests.
 
 Import it as `tests.interop.opentracker_fixture`, or load it as a plugin
 (`pytest_plugins = ["tests.interop.opentracker_fixture"]`) to get the `opentracker_factory` fixture.
@@ -9,14 +9,16 @@ Import it as `tests.interop.opentracker_fixture`, or load it as a plugin
 
 Debian builds opentracker in whitelist mode ("private" tracker): it answers "Requested download is
 not authorized" for any info hash not in its whitelist, so the hashes a test announces are given at
-start. Each tracker runs in its own directory (it tries to chroot there when it can) and is stopped
-by PID when the test ends.
+start. Each tracker runs in its own directory (it tries to chroot there when it can), on a loopback
+address of its own (127.0.1.N; libtorrent caches UDP connection ids per tracker address), and is
+stopped by PID when the test ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import shutil
 import socket
@@ -36,6 +38,17 @@ SHUTDOWN_DEADLINE = 5.0
 PROBE_INTERVAL = 0.02
 # BEP 15 connect request: protocol id, action 0, a transaction id.
 _UDP_CONNECT = struct.pack(">QII", 0x41727101980, 0, 0x5EED)
+
+
+# Each tracker gets a loopback address of its own, 127.0.1.1 upward (peers use 127.0.0.x). libtorrent
+# caches UDP tracker connection ids per tracker IP address for the whole process (about a minute), so a
+# second opentracker on the same address would be sent the first one's id and answer with an error.
+_TRACKER_HOSTS = (f"127.0.1.{n}" for n in itertools.cycle(range(1, 255)))
+
+
+def next_tracker_host() -> str:
+    """A loopback address no other tracker in this test process used recently."""
+    return next(_TRACKER_HOSTS)
 
 
 def opentracker_installed() -> bool:
@@ -96,12 +109,16 @@ def _answers_udp(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_opentracker(workdir: Path, info_hashes: Iterable[bytes], host: str = "127.0.0.1") -> Iterator[OpenTracker]:
+def running_opentracker(workdir: Path, info_hashes: Iterable[bytes], host: str | None = None) -> Iterator[OpenTracker]:
     """Start opentracker on `host` with a free TCP and a free UDP port, whitelisting `info_hashes`.
+
+    `host` defaults to a loopback address of its own (see next_tracker_host); pass "127.0.0.1" to
+    share the usual one.
 
     Yields once both ports answer (UDP checked with a real BEP 15 connect on `host`); stops it by
     PID on the way out, whatever happened.
     """
+    host = host or next_tracker_host()
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)  # it may drop to `nobody` after chrooting here and must still read the list
     whitelist = workdir / "whitelist.txt"

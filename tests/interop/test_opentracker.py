@@ -1,4 +1,7 @@
-"""Our tracker clients against a real opentracker on 127.0.0.1, alongside a libtorrent session.
+"""Our tracker clients against a real opentracker on loopback, alongside a libtorrent session.
+
+The tracker gets a loopback address of its own per test (see opentracker_fixture: libtorrent caches
+UDP connection ids per tracker address for the whole process).
 
 Each client announces from its own loopback address (ours 127.0.0.1 / 127.0.0.3, libtorrent
 127.0.0.2); opentracker reports the source address it saw, so each side must find the other's
