@@ -382,6 +382,47 @@ def verify(torrent_file: str, out_dir: str, select_file: str | None, as_json: bo
     return 0
 
 
+@cli.command()
+@click.option("--size", default="256M", show_default=True, help="Payload size (e.g. 64M, 1G).")
+@click.option("--seeders", default=3, show_default=True, type=click.IntRange(0, 200),
+              help="Full-speed seeders (jstorrent sessions on 127.0.0.2, 127.0.0.3, ...).")
+@click.option("--slow-seeders", default=0, show_default=True, type=click.IntRange(0, 200),
+              help="Extra seeders limited to --slow-rate each, to show the endgame and the diagnostics.")
+@click.option("--slow-rate", default="256K", show_default=True, help="Upload limit of each slow seeder, per second.")
+@click.option("--piece-length", default="auto", show_default=True, help="'auto' or a power of two such as 256K.")
+@click.option("--keep", type=click.Path(path_type=Path), default=None,
+              help="Work in this folder and keep it (payload, torrent, download) instead of a temporary one.")
+@click.option("-q", "--quiet", is_flag=True, help="No live view, only errors.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the live view.")
+@click.option("-v", "--verbose", is_flag=True, help="Add the peer table to the live view.")
+def demo(size: str, seeders: int, slow_seeders: int, slow_rate: str, piece_length: str, keep: Path | None,
+         quiet: bool, as_json: bool, verbose: bool) -> int:
+    """Seed a generated payload from local jstorrent seeders and download it with the live view."""
+    from jstorrent_cli.tasks.demo import DemoOptions, run_demo
+    from jstorrent_cli.ui.display import make_display
+
+    if seeders + slow_seeders == 0:
+        raise UsageError("the demo needs at least one seeder (--seeders or --slow-seeders)")
+    payload_size = parse_size(size, what="--size")
+    if payload_size <= 0:
+        raise UsageError("--size must be more than 0 bytes")
+    options = DemoOptions(
+        size=payload_size, seeders=seeders, slow_seeders=slow_seeders,
+        slow_rate=parse_size(slow_rate, what="--slow-rate"), piece_length=_piece_length_option(piece_length),
+        workdir=keep, keep=keep is not None, seed=1,
+    )
+    display = make_display(DEFAULT_CONFIG, json_output=as_json, quiet=quiet, verbose=verbose)
+
+    def say(line: str) -> None:
+        if not quiet and not as_json:
+            click.echo(line, err=True)
+
+    result = trio.run(run_demo, DEFAULT_CONFIG, options, display, say)
+    if result.exception is not None and not quiet and not as_json:
+        click.echo(f"jstorrent: {result.error}", err=True)
+    return result.exit_status
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 
