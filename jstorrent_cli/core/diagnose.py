@@ -154,8 +154,9 @@ class PieceDetail:
 def detail_from_scheduler(scheduler: Scheduler) -> PieceDetail:
     """Build the `PieceDetail` from a live Scheduler's public state (a stopgap until the snapshot carries it).
 
-    Reads `scheduler.picker` and `scheduler.is_barred`; allowed-fast sets are not public, so they are left
-    empty (a choking peer with allowed-fast pieces then counts as choking).
+    Reads `scheduler.picker` and `scheduler.is_barred` (plus, to stay cheap, the scheduler's private list of
+    bars, checked and with a slow fallback); allowed-fast sets are not public, so they are left empty (a
+    choking peer with allowed-fast pieces then counts as choking). O(pieces x non-seed peers) in C copies.
     """
     picker = scheduler.picker
     active: list[ActivePieceDetail] = []
@@ -297,8 +298,7 @@ def diagnose(
     if detail is None:
         entries, missing_bytes = _estimate(snapshot, peers, rate_limited, budget_full, disk_full, config)
     else:
-        entries, missing_bytes = _classify(snapshot, detail, peers, now, rate_limited, budget_full, disk_full,
-                                           config)
+        entries, missing_bytes = _classify(detail, peers, now, rate_limited, budget_full, disk_full, config)
     entries.sort(key=lambda e: (-(e.bytes if e.bytes is not None else e.pieces), -e.pieces, _ORDER[e.reason]))
     cause = _pick_cause(entries, peers, disk_full)
     tracker_entries = tuple(_tracker_entry(t, now) for t in trackers)
@@ -315,7 +315,6 @@ def diagnose(
 
 
 def _classify(
-    snapshot: SchedulerSnapshot,
     detail: PieceDetail,
     peers: Mapping[PeerId, PeerSnapshot],
     now: float,
