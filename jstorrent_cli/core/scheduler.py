@@ -781,7 +781,9 @@ class Scheduler:
     def _flush(self) -> None:
         """Refill dirty (and, when something was freed, hungry) peers; emit batched commands."""
         peers = self._peers
-        for _round in range(2):  # a second pass only when the first one started endgame
+        # Another pass only when a pass freed work for hungry peers (a piece started with blocks left,
+        # endgame began). Each pass leaves fewer hungry peers or less budget, so this ends quickly.
+        for _round in range(len(peers) + 2):
             if self._wake and self._hungry:
                 # Freed room goes to the hungry peers with the fewest requests out first, so a tight
                 # budget is shared out like water filling instead of going to whoever asks first.
@@ -881,6 +883,8 @@ class Scheduler:
                 ap = picker.start(fresh, peer.id)
                 peer.own[fresh] = None
                 spare = self._take(peer, ap, spare)
+                if ap.n_free:
+                    self._wake = True  # a new partial piece: hungry peers may share it
         # 4. other peers' partial pieces
         if spare > 0 and picker.partial:
             for piece in list(picker.partial):
@@ -899,6 +903,8 @@ class Scheduler:
                 if owner is not None:
                     peer.own[fresh] = None
                 spare = self._take(peer, ap, spare)
+                if ap.n_free:
+                    self._wake = True
         # 6. endgame: duplicate the oldest outstanding requests
         if spare > 0 and picker.free_blocks == 0:
             spare = self._endgame(peer, spare)
@@ -923,6 +929,8 @@ class Scheduler:
                 ap = picker.start(piece, None)
             if ap.n_free:
                 spare = self._take(peer, ap, spare)
+                if ap.n_free:
+                    self._wake = True
         return spare
 
     def _budget_full(self) -> bool:
