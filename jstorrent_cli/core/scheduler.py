@@ -491,6 +491,9 @@ class Scheduler:
             return  # a reject for a request already released (choke, cancel): nothing to undo
         self._release(peer, key)
         self._bar(peer, fact.piece)
+        # A reject is a loss signal like a timeout (a full queue at the peer, or a peer that will not
+        # serve): halving keeps a peer that rejects at wire speed to a trickle of requests.
+        self._halve(peer)
         self._dirty[peer.id] = None
 
     def _on_blocks(self, fact: BlocksReceived) -> None:

@@ -182,7 +182,11 @@ def test_rejected_blocks_go_to_another_peer_at_once() -> None:
     held = requests(join(s, 0, have_all=True), 0)
     join(s, 1, have_all=True)
     out = s.handle(m.RequestRejected(0, *held[0]), 0.1)
-    assert requests(out, 1) == [held[0]]
+    # the reject halves peer 0's limit (4 -> 2): its newest request is cancelled too, and both
+    # blocks go to peer 1 in the same step
+    assert cancels(out, 0) == [held[-1]]
+    assert sorted(requests(out, 1)) == sorted([held[0], held[-1]])
+    assert s.snapshot().peers[0].limit == 2
 
 
 # --- interest, have, finished -------------------------------------------------------------------------
