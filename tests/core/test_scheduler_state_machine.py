@@ -232,6 +232,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         peer, (piece, begin) = key
         self.handle(m.BlocksReceived(peer, ((piece, begin, bytes(self.block_len(piece, begin))),)))
 
+    @precondition(lambda self: bool(self.live))
+    @rule(data=st.data(), kind=st.sampled_from(["out of range", "misaligned", "wrong length"]))
+    def deliver_garbage(self, data: st.DataObject, kind: str) -> None:
+        peer = data.draw(st.sampled_from(sorted(self.live)))
+        length = self.block_len(0, 0)
+        block = {"out of range": (self.num_pieces, 0, length), "misaligned": (0, 1, length),
+                 "wrong length": (0, 0, length + 1)}[kind]
+        self.drop(peer)
+        out = self.handle(m.BlocksReceived(peer, ((block[0], block[1], bytes(block[2])),)))
+        assert any(isinstance(c, m.DropPeer) and c.peer == peer for c in out)
+
     @precondition(lambda self: bool(self.out))
     @rule(data=st.data())
     def reject(self, data: st.DataObject) -> None:
@@ -258,14 +269,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.handle(m.BlocksWritten(entries))
 
     @precondition(lambda self: bool(self.hash_queue))
-    @rule(ok=st.booleans(), which=st.integers(0, 10))
-    def hashed(self, ok: bool, which: int) -> None:
+    @rule(ok=st.booleans(), which=st.integers(0, 10), digests=st.booleans(), liar=st.integers(0, 2))
+    def hashed(self, ok: bool, which: int, digests: bool, liar: int) -> None:
         piece = self.hash_queue.pop(which % len(self.hash_queue))
         self.attempt_writes.pop(piece, None)
         self.written.pop(piece, None)
         if ok:
             self.verified.add(piece)
-        self.handle(m.PieceHashed(piece, ok))
+        nblocks = -(-self.piece_size(piece) // BS)
+        # the good digest of every block is all zeros; a failed attempt has one bad block
+        block_digests = tuple(b"\1" * 20 if (not ok and i == liar % nblocks) else bytes(20)
+                              for i in range(nblocks)) if digests else None
+        self.handle(m.PieceHashed(piece, ok, block_digests))
 
     @rule(dt=st.floats(0.0, 4.0))
     def tick(self, dt: float) -> None:
