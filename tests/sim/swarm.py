@@ -133,6 +133,7 @@ class Swarm:
     # Connect to banned addresses anyway (to check that the scheduler itself refuses them).
     connect_banned: bool = False
     time_limit: float = 3600.0  # virtual seconds; a run still going then did not finish
+    max_events: int | None = None  # stop after this many events (a guard for property tests)
 
     @property
     def num_pieces(self) -> int:
@@ -380,7 +381,8 @@ class Simulation:
         self.at(swarm.tick_interval, self._tick)
         heap = self._heap
         limit = swarm.time_limit
-        while heap and self.finish_time is None:
+        max_events = math.inf if swarm.max_events is None else swarm.max_events
+        while heap and self.finish_time is None and self.events < max_events:
             when, _seq, fn, arg = heapq.heappop(heap)
             if when > limit:
                 self.now = limit
