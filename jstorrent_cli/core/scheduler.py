@@ -10,11 +10,13 @@ ban a peer, announce a piece). The caller routes commands without waiting; nothi
 State, and who owns it:
 
 * core/picker.py keeps per-block states FREE -> REQUESTED -> RECEIVED -> WRITTEN for started pieces,
-  availability, and the piece order (own partial pieces first, then ownerless partial ones, then new
-  pieces rarest first while the start cap allows, then other peers' partial pieces, then one new piece
-  past the cap rather than leave a peer idle).
+  availability, and which piece to start next (rarest first with a seeded random tie-break, or
+  lowest index in sequential mode).
 * This module keeps, per peer, every outstanding request as ``(piece, block) -> time sent``, the
-  peer's request limit, its measured rate and request-to-block time, and whether it chokes us.
+  peer's request limit, its measured rate and request-to-block time, and whether it chokes us. It
+  fills a peer's spare slots in this order (`_refill`): its own partial pieces (whole-piece
+  affinity), partial pieces nobody owns, new pieces while the start cap allows, other peers' partial
+  pieces, one new piece past the cap rather than leave the peer idle, and in endgame duplicates.
 
 Every request exists in two places at once (the peer's ``outstanding`` and the block's holders); they
 are changed together, so a block is never REQUESTED without an owner (invariant 3). A request ends in
@@ -33,8 +35,9 @@ the failed attempt name the liar once the piece passes).
 
 Per-peer limit: slow start from ``peer_limit_initial``, +1 per block; once the measured rate says the
 queue holds ``peer_queue_seconds`` of data, the limit follows ``rate x peer_queue_seconds / block``
-(still at most +1 per block), clamped to ``[peer_limit_min, min(peer_limit_max, reqq)]``. A choke or a
-timeout halves it; a peer with requests out and no block for ``snub_timeout`` is snubbed (limit 1).
+(still at most +1 per block), clamped to ``[peer_limit_min, min(peer_limit_max, reqq)]``. A choke, a
+timeout or a reject halves it; a peer with requests out and no block for ``snub_timeout`` is snubbed
+(limit 1). A reject or a timeout also keeps that peer off that piece for ``piece_retry_delay``.
 A rate drop never cancels requests: the limit just stays at the outstanding count until it drains.
 
 Endgame is derived: when no FREE block is left in any wanted piece, a peer with spare slots duplicates
@@ -43,8 +46,10 @@ block. The first copy to arrive is kept, the other holders get CANCEL, and late 
 counted as wasted (invariant 5: a block is written at most once per attempt of its piece).
 
 Requests go out at the end of `handle`, for every peer whose situation changed ("dirty") and, when
-blocks were freed, the budget drained or endgame began, for every "hungry" peer (spare slots and
-nothing to ask at its last refill). That is what makes liveness rule 6 hold after every single fact.
+blocks were freed, the budget drained, a piece was started with blocks left over, endgame began, a
+retry delay ended or a Tick came, for every "hungry" peer (spare slots and nothing to ask at its last
+refill; those with the fewest requests out first). That is what makes liveness rule 6 hold after
+every single fact. `check_invariants()` recounts everything from scratch, for tests and simulators.
 """
 
 from __future__ import annotations
