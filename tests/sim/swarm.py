@@ -250,6 +250,7 @@ class _Conn:
         "in_choke",
         "inbound",
         "interested",
+        "known",
         "local_open",
         "pid",
         "queue",
@@ -257,6 +258,7 @@ class _Conn:
         "serving",
         "spec",
         "spec_index",
+        "unchoked_us",
     )
 
     def __init__(self, pid: PeerId, spec: PeerSpec, spec_index: int, has: bytearray | None) -> None:
@@ -264,6 +266,8 @@ class _Conn:
         self.spec = spec
         self.spec_index = spec_index
         self.has = has  # None: has every piece
+        self.known = None if has is None else bytearray(has)  # what we were told: bitfield + delivered HAVEs
+        self.unchoked_us = False  # our side: the last of CHOKE/UNCHOKE delivered to us was UNCHOKE
         self.remote_open = True
         self.local_open = True
         self.choking = True
@@ -432,6 +436,34 @@ class Simulation:
             final_snapshot=snap,
         )
 
+    def _check_rule6(self) -> None:
+        """Liveness rule 6: an unchoking peer with a FREE block we want, and budget room, has a request out.
+
+        Checked right after a Tick was handled (one scheduling step). FREE here means: the piece is not
+        verified and some block of it is neither requested from anyone nor received in this attempt.
+        Pieces the scheduler has barred for that peer (after a REJECT or a timeout) are exempt.
+        """
+        if self.in_flight + self.waiting + self.bs > self.config.max_unflushed_bytes:
+            return
+        idle = [c for c in self.conns.values() if c.local_open and c.unchoked_us and not c.held]
+        if not idle:
+            return
+        taken: dict[int, int] = {}
+        for piece, _begin in self.holders:
+            taken[piece] = taken.get(piece, 0) + 1
+        for piece, state in self.attempt.items():
+            taken[piece] = taken.get(piece, 0) + sum(1 for s in state if s)
+        free = [p for p in range(self.num_pieces)
+                if not self.verified[p] and taken.get(p, 0) < -(-self.piece_size(p) // self.bs)]
+        is_barred = self.scheduler.is_barred
+        for conn in idle:
+            known = conn.known
+            for piece in free:
+                if (known is None or known[piece]) and not is_barred(conn.pid, piece):
+                    self.violation(f"rule 6: {conn.pid!r} unchokes us, has FREE piece {piece}, budget has room, "
+                                   "and nothing is requested from it")
+                    break
+
     def _compare(self, snap: SchedulerSnapshot) -> None:
         if snap.bytes_in_flight != self.in_flight or snap.bytes_waiting_for_disk != self.waiting:
             self.violation(
@@ -447,6 +479,7 @@ class Simulation:
             assert interval is not None
             self.next_check = self.now + interval
             self._compare(self.scheduler.snapshot())
+            self._check_rule6()
             try:
                 self.scheduler.check_invariants()
             except AssertionError as exc:
@@ -693,7 +726,13 @@ class Simulation:
     def _deliver_fact(self, conn: _Conn, fact: Fact) -> None:
         match fact:
             case Choked():
+                conn.unchoked_us = False
                 self._release_all(conn)  # the simulator never grants allowed-fast pieces
+            case Unchoked():
+                conn.unchoked_us = True
+            case Have():
+                if conn.known is not None:
+                    conn.known[fact.piece] = 1
             case RequestRejected():
                 key = (fact.piece, fact.begin)
                 if key in conn.held:

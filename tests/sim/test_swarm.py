@@ -377,3 +377,18 @@ def test_silent_peer_and_small_budget_in_the_simulator() -> None:
     result = simulate(Swarm(16 * KiB, 3 * 16 * KiB, (mute, seed), config=config, seed=SEED, time_limit=60.0))
     assert result.violations == ()
     assert result.finished
+
+
+class IgnoresAnUnchoke(Scheduler):
+    """Never learns that 127.0.0.3 unchoked it, so never asks it for anything."""
+
+    def handle(self, fact: Fact, now: float) -> list[Command]:
+        if isinstance(fact, Unchoked) and fact.peer == ("127.0.0.3", FIRST_PORT):
+            return []
+        return super().handle(fact, now)
+
+
+def test_catches_an_idle_unchoking_peer() -> None:
+    """Liveness rule 6 as the simulator checks it (after each tick)."""
+    result = simulate(small_swarm(), IgnoresAnUnchoke)
+    assert any("rule 6" in v and "127.0.0.3" in v for v in result.violations), result.violations
