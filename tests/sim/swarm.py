@@ -19,7 +19,8 @@ What is simulated
   the hasher: it knows which written blocks were corrupt, so a piece passes iff none of its blocks in this
   attempt were. Payloads are not real bytes: a block is a memoryview of a shared all-zero buffer (honest)
   or a shared all-0xFF buffer (corrupt), so a 20 GB torrent costs no memory.
-* The clock: a Tick fact every ``tick_interval`` virtual seconds, so request deadlines and snubbing fire.
+* The clock: a Tick fact every ``Config.tick_interval`` virtual seconds (as the session sends them), so
+  request deadlines and snubbing fire.
 
 What is checked (``SimResult.violations`` lists every breach; an empty tuple is a clean run)
 ---------------------------------------------------------------------------------------------
@@ -79,7 +80,6 @@ from jstorrent_cli.core.messages import (
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
 
 # Simulator defaults (not scheduler policy: these describe the simulated world).
-DEFAULT_TICK_INTERVAL = 0.25  # s between Tick facts: a quarter of the scheduler's 1 s rate window
 DEFAULT_HASH_RATE = 1.9e9  # bytes/s: SHA-1 on one core (DESIGN.md "Known traps")
 DEFAULT_PEER_QUEUE = 500  # requests a peer queues when it advertises no reqq (libtorrent's default)
 FIRST_PORT = 6881  # port of a peer's first session; each rejoin takes the next one
@@ -127,7 +127,7 @@ class Swarm:
     disk_rate: float | None = None  # bytes/s of the writer; None: writes complete at once
     hash_rate: float = DEFAULT_HASH_RATE
     hash_delay: float = 0.0  # fixed cost per piece (thread hop, read-back latency), s
-    tick_interval: float = DEFAULT_TICK_INTERVAL
+    tick_interval: float | None = None  # s between Tick facts; None: Config.tick_interval, as the session does
     reader_batch: float = 0.0  # a reader delivers what arrived within this window as one fact
     check_interval: float | None = 1.0  # compare the scheduler's snapshot with the model this often
     # Connect to banned addresses anyway (to check that the scheduler itself refuses them).
@@ -290,6 +290,7 @@ class Simulation:
         config = swarm.config
         self.config = config
         self.bs = config.block_size
+        self.tick_interval = config.tick_interval if swarm.tick_interval is None else swarm.tick_interval
         self.rng = random.Random(swarm.seed)
         self.num_pieces = swarm.num_pieces
         n = self.num_pieces
@@ -382,7 +383,7 @@ class Simulation:
                 self.at(unchoke_at, self._choke_end, index)
             for when, piece in spec.gains:
                 self.at(when, self._gain, (index, piece))
-        self.at(swarm.tick_interval, self._tick)
+        self.at(self.tick_interval, self._tick)
         heap = self._heap
         limit = swarm.time_limit
         max_events = math.inf if swarm.max_events is None else swarm.max_events
@@ -484,7 +485,7 @@ class Simulation:
                 self.scheduler.check_invariants()
             except AssertionError as exc:
                 self.violation(f"Scheduler.check_invariants: {exc}")
-        self.at(self.now + self.swarm.tick_interval, self._tick)
+        self.at(self.now + self.tick_interval, self._tick)
 
     # --- our side: facts in, commands out ----------------------------------------------------------------
 
