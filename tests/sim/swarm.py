@@ -32,10 +32,10 @@ peer the scheduler was told is gone; HashPiece only for a piece whose blocks are
 ``check_interval`` and at the end, the scheduler's own snapshot agrees with the model; at the end every
 wanted piece is verified, nothing is in flight or waiting for the disk, and Finished came exactly once.
 
-``lower_bound(swarm)`` is what no scheduler can beat: the time at which the honest, answering peers'
-upload capacity (counted only while they are connected and not choking, after the handshake round trips)
-integrates to the torrent size, or size / disk rate, whichever is later, plus the last block's latency
-and the last piece's hash.
+``lower_bound(swarm)`` is what no scheduler can beat: the time at which the upload capacity of the peers
+that can deliver good blocks (not silent, not always corrupt; counted only while they are connected and
+not choking, after the handshake round trips) integrates to the torrent size, or size / disk rate,
+whichever is later, plus the last block's latency and the last piece's hash.
 """
 
 from __future__ import annotations
@@ -114,6 +114,11 @@ class PeerSpec:
     def honest(self) -> bool:
         return not self.silent and self.corrupt == 0.0
 
+    @property
+    def useful(self) -> bool:
+        """Can deliver a good block at all (a peer that lies only sometimes may be lucky)."""
+        return not self.silent and self.corrupt < 1.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Swarm:
@@ -187,7 +192,7 @@ def lower_bound(swarm: Swarm) -> float:
     changes: list[tuple[float, float]] = []  # (time, rate delta)
     latencies: list[float] = []
     for spec in swarm.peers:
-        if not spec.honest or spec.upload_rate <= 0:
+        if not spec.useful or spec.upload_rate <= 0:
             continue
         for start, end in spec.sessions:
             begin = start + HANDSHAKE_TRIPS * spec.latency
@@ -228,7 +233,7 @@ def lower_bound(swarm: Swarm) -> float:
     min_latency = min(latencies)
     bound = t_net + min_latency
     if swarm.disk_rate is not None:
-        first_arrival = min(s[0] for p in swarm.peers if p.honest for s in p.sessions) + \
+        first_arrival = min(s[0] for p in swarm.peers if p.useful for s in p.sessions) + \
             (HANDSHAKE_TRIPS + 1) * min_latency
         bound = max(bound, first_arrival + size / swarm.disk_rate)
     smallest_piece = min(swarm.piece_length, size - swarm.piece_length * (swarm.num_pieces - 1))

@@ -257,6 +257,9 @@ def test_lower_bound_counts_only_connected_unchoking_honest_peers() -> None:
     mute = PeerSpec("127.0.0.4", 100 * MB, silent=True)
     assert lower_bound(dataclasses.replace(base, peers=(peer, liar, mute))) == pytest.approx(14.0)
     assert lower_bound(dataclasses.replace(base, peers=(liar, mute))) == math.inf
+    # A peer that lies only sometimes may deliver good blocks: it counts (a bound must not overestimate).
+    flaky = PeerSpec("127.0.0.5", 1 * MB, latency=0.0, corrupt=0.5)
+    assert lower_bound(dataclasses.replace(base, peers=(peer, flaky))) < 14.0
 
 
 def test_lower_bound_respects_the_disk() -> None:
