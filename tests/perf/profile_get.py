@@ -35,8 +35,8 @@ from tests.interop.opentracker_fixture import require_opentracker, running_opent
 VENV_BIN = bench.ROOT / ".venv" / "bin"
 # py-spy writes frames as "function (file:line)"; the line is dropped to add up a function's samples.
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
-# A frame of trio's worker-thread cache marks a stack as a worker thread (writer, hasher, uploader reads).
-_WORKER_MARK = "_thread_cache.py"
+# The leaf of an idle trio worker thread: its loop waiting for the next job.
+_IDLE_LEAF = "_thread_cache.py:WorkerThread._work"
 
 
 def short(frame: str) -> str:
@@ -60,29 +60,53 @@ def read_raw(path: Path) -> list[tuple[list[str], int]]:
     return stacks
 
 
+def thread_kind(frames: list[str]) -> str:
+    """Which thread a py-spy stack (recorded with --threads) belongs to."""
+    if not any(f.startswith("Thread._bootstrap (") for f in frames):
+        return "trio thread"  # the main thread: start-up, then trio.run
+    if frames and short(frames[-1]).endswith(_IDLE_LEAF):
+        return "idle"
+    return "worker threads"
+
+
+def table(counts: collections.Counter[str], total: int, top: int, what: str) -> list[str]:
+    lines = ["", f"| {what} | function |", "|---|---|"]
+    return lines + [f"| {n / total:.1%} | `{name}` |" for name, n in counts.most_common(top)]
+
+
 def report(stacks: Iterable[tuple[list[str], int]], top: int) -> str:
-    self_count: collections.Counter[str] = collections.Counter()
+    """Hot spots over busy samples: idle worker threads (waiting for a job) are left out; py-spy's own idle
+    filter does not see them, they wait on a lock with a timeout."""
+    self_count: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     total_count: collections.Counter[str] = collections.Counter()
+    main_total: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
-    total = 0
     for frames, count in stacks:
-        frames = [f for f in frames if not f.startswith(("thread (", "process "))]
-        if not frames:
+        kind = thread_kind(frames)
+        threads[kind] += count
+        if kind == "idle":
             continue
-        total += count
-        threads["worker threads" if any(_WORKER_MARK in f for f in frames) else "trio thread"] += count
-        names = [short(f) for f in frames]
-        self_count[names[-1]] += count
+        names = [short(f) for f in frames if not f.startswith(("thread (", "process "))]
+        if not names:
+            continue
+        self_count["all"][names[-1]] += count
+        self_count[kind][names[-1]] += count
         for name in set(names):
             total_count[name] += count
-    if not total:
+            if kind == "trio thread":
+                main_total[name] += count
+    busy = threads["trio thread"] + threads["worker threads"]
+    if not busy:
         return "no samples\n"
-    lines = [f"{total} samples (busy threads only)", ""]
-    lines += [f"- {name}: {n / total:.1%}" for name, n in threads.most_common()]
-    lines += ["", "| self % | function |", "|---|---|"]
-    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in self_count.most_common(top)]
-    lines += ["", "| total % | function |", "|---|---|"]
-    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in total_count.most_common(top)]
+    lines = [f"{busy} busy samples ({threads['idle']} more of worker threads waiting for a job left out)", ""]
+    lines += [f"- {kind}: {threads[kind] / busy:.1%}" for kind in ("trio thread", "worker threads")]
+    lines += table(self_count["all"], busy, top, "self % of busy")
+    lines += table(total_count, busy, top, "total % of busy")
+    for kind in ("trio thread", "worker threads"):
+        if threads[kind]:
+            lines += table(self_count[kind], threads[kind], top, f"self % of the {kind}")
+    if threads["trio thread"]:
+        lines += table(main_total, threads["trio thread"], top * 2, "total % of the trio thread")
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +118,8 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--gil", action="store_true", help="py-spy --gil: only the thread holding the GIL")
-    parser.add_argument("--tool", choices=("py-spy", "pyinstrument"), default="py-spy")
+    parser.add_argument("--tool", choices=("py-spy", "pyinstrument", "strace"), default="py-spy",
+                        help="strace: count system calls of every thread instead (strace -f -c)")
     parser.add_argument("--out", default=None, help="folder for the profile files (default: a new one in tmp)")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
@@ -118,6 +143,9 @@ def main() -> int:
                     profile = out / "py-spy.raw"
                     command = [str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--rate", str(args.rate),
                                "--threads", "-o", str(profile), *(["--gil"] if args.gil else []), "--", *get]
+                elif args.tool == "strace":
+                    profile = out / "strace.txt"
+                    command = ["strace", "-f", "-c", "-o", str(profile), "--", *get]
                 else:
                     profile = out / "pyinstrument.txt"
                     command = [str(VENV_BIN / "python"), "-m", "pyinstrument", "-r", "text", "-o", str(profile),
