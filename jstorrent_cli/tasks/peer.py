@@ -377,17 +377,38 @@ class _Connection:
                 await self.send(b"".join(proto.send(wire.RejectRequest(*ref)) for ref in rejects))
             if not self.queued:
                 continue
-            ref = next(iter(self.queued))
-            del self.queued[ref]
-            piece, begin, length = ref
+            batch: list[BlockRef] = []
+            while self.queued and len(batch) < self.config.upload_batch_blocks:
+                ref = next(iter(self.queued))
+                del self.queued[ref]
+                batch.append(ref)
+            size = sum(ref[2] for ref in batch)
             if self.ctx.upload_limit is not None:
-                await self.ctx.upload_limit.take(length)
-            data = await self.ctx.read_block(piece, begin, length)
+                await self.ctx.upload_limit.take(size)
+            data = await self.read_batch(batch)
             if proto.am_choking:
-                continue  # choked while reading: the request was dropped (or rejected) by the choke
+                continue  # choked while reading: the requests were dropped (or rejected) by the choke
+            out = bytearray()
+            for (piece, begin, length), block in zip(batch, data, strict=True):
+                out += proto.send_piece_header(piece, begin, length)
+                out += block
             async with self.send_lock:
-                await self.stream.send_all(proto.send_piece_header(piece, begin, length) + data)
-            self.link.up.add(length)
+                await self.stream.send_all(out)
+            self.link.up.add(size)
+
+    async def read_batch(self, batch: list[BlockRef]) -> list[bytes]:
+        """Read the blocks of a batch at once (their thread hops overlap), in order."""
+        if len(batch) == 1:
+            return [await self.ctx.read_block(*batch[0])]
+        data: list[bytes] = [b""] * len(batch)
+
+        async def read(i: int) -> None:
+            data[i] = await self.ctx.read_block(*batch[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(batch)):
+                nursery.start_soon(read, i)
+        return data
 
     def choke(self, choke: bool) -> bytes:
         proto = self.proto
