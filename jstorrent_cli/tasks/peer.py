@@ -386,8 +386,10 @@ class _Connection:
             if self.ctx.upload_limit is not None:
                 await self.ctx.upload_limit.take(size)
             data = await self.read_batch(batch)
-            if proto.am_choking:
-                continue  # choked while reading: the requests were dropped (or rejected) by the choke
+            if proto.am_choking:  # choked while reading: these are dropped like the rest of the queue
+                if proto.fast:
+                    self.rejects.extend(batch)
+                continue
             out = bytearray()
             for (piece, begin, length), block in zip(batch, data, strict=True):
                 out += proto.send_piece_header(piece, begin, length)
