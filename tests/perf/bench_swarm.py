@@ -62,6 +62,8 @@ SEGMENT = 4 * MiB
 # How long the seeders may take to check the payload and announce before the benchmark gives up.
 SEED_READY_DEADLINE = 600.0
 STOP_DEADLINE = 5.0
+# A run is "quiet" when other processes used less than this share of the machine's CPUs meanwhile.
+QUIET_SHARE = 0.1
 # The endgame tail is measured from this fraction verified (jstorrent's --json progress, one record a second).
 TAIL_FROM = 0.99
 
@@ -448,6 +450,12 @@ class Row:
     rss: float  # MiB
     problems: tuple[str, ...]
     others: float  # median CPU seconds used by unrelated processes during a run (noise)
+    quiet_runs: int  # successful runs during which other processes used under QUIET_SHARE of the machine
+    quiet_rate: float  # median MB/s of those (nan if none)
+
+
+def quiet(run: RunResult) -> bool:
+    return run.others_cpu < QUIET_SHARE * run.wall * (os.cpu_count() or 1)
 
 
 def summarise(scenario: Scenario, results: list[RunResult], clients: Sequence[str]) -> list[Row]:
@@ -459,11 +467,14 @@ def summarise(scenario: Scenario, results: list[RunResult], clients: Sequence[st
             wall = statistics.median(r.wall for r in good)
             cpu = statistics.median(r.cpu for r in good) / (scenario.total / GiB)
             rss = statistics.median(r.max_rss for r in good) / MiB
+            calm = [r for r in good if quiet(r)]
+            calm_rate = scenario.total / statistics.median(r.wall for r in calm) / MB if calm else float("nan")
             rows.append(Row(client, len(mine), len(good), wall, scenario.total / wall / MB, cpu, rss,
-                            tuple(r.problem for r in mine if not r.ok), statistics.median(r.others_cpu for r in good)))
+                            tuple(r.problem for r in mine if not r.ok), statistics.median(r.others_cpu for r in good),
+                            len(calm), calm_rate))
         else:
             rows.append(Row(client, len(mine), 0, float("nan"), float("nan"), float("nan"), float("nan"),
-                            tuple(r.problem for r in mine), float("nan")))
+                            tuple(r.problem for r in mine), float("nan"), 0, float("nan")))
     return rows
 
 
@@ -475,12 +486,12 @@ def table(scenario: Scenario, rows: list[Row], results: list[RunResult]) -> str:
              + (f", ideal {scenario.ideal_seconds:.1f} s" if scenario.ideal_seconds else "")
              + (f". {scenario.note}" if scenario.note else ""), "",
              "| client | ok/runs | median wall s | MB/s | CPU s/GiB | peak RSS MiB | wall / jstorrent "
-             "| other load CPU s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| other load CPU s | MB/s in quiet runs (n) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r.wall / js.wall:.2f}" if js and r.ok else "-"
         lines.append(f"| {r.client} | {r.ok}/{r.runs} | {r.wall:.2f} | {r.rate:.1f} | {r.cpu_per_gib:.2f} | "
-                     f"{r.rss:.0f} | {ratio} | {r.others:.1f} |")
+                     f"{r.rss:.0f} | {ratio} | {r.others:.1f} | {r.quiet_rate:.1f} ({r.quiet_runs}) |")
     js_runs = [r for r in results if r.client == "jstorrent" and r.session_time is not None]
     if js_runs:
         lines.append(f"\njstorrent's own figures (`--json`): median download_time "
@@ -562,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tmp", default=None, help="folder for payloads and downloads (default: system tmp)")
     parser.add_argument("--markdown", default=None, help="also append the tables to this file")
     parser.add_argument("--json-out", default=None, help="write every run's figures to this JSON file")
+    parser.add_argument("--report", metavar="FILE.json",
+                        help="only print the tables of a --json-out file again (same --size/--small-size)")
     parser.add_argument("--lt-client", nargs=3, metavar=("TORRENT", "DIR", "HOST"), help=argparse.SUPPRESS)
     parser.add_argument("--disk-hog", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -571,12 +584,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         disk_hog(Path(args.disk_hog))
         return 0
-    require_opentracker()
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    all_scenarios = scenarios(parse_size(args.size), parse_size(args.small_size))
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        print(saved["header"])
+        runs = [(r.pop("scenario"), RunResult(**r)) for r in saved["runs"]]
+        for number in sorted({n for n, _ in runs}):
+            results = [r for n, r in runs if n == number]
+            print(table(all_scenarios[number], summarise(all_scenarios[number], results, clients), results))
+        return 0
+    require_opentracker()
     for c in clients:
         if c not in CLIENT_HOSTS:
             parser.error(f"unknown client {c!r}")
-    all_scenarios = scenarios(parse_size(args.size), parse_size(args.small_size))
     chosen = args.scenario or sorted(all_scenarios)
     tmp_root = Path(args.tmp) if args.tmp else Path(tempfile.gettempdir())
 
