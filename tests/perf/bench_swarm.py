@@ -491,7 +491,8 @@ def table(scenario: Scenario, rows: list[Row], results: list[RunResult]) -> str:
     for r in rows:
         ratio = f"{r.wall / js.wall:.2f}" if js and r.ok else "-"
         lines.append(f"| {r.client} | {r.ok}/{r.runs} | {r.wall:.2f} | {r.rate:.1f} | {r.cpu_per_gib:.2f} | "
-                     f"{r.rss:.0f} | {ratio} | {r.others:.1f} | {r.quiet_rate:.1f} ({r.quiet_runs}) |")
+                     f"{r.rss:.0f} | {ratio} | {r.others:.1f} | "
+                     + (f"{r.quiet_rate:.1f} ({r.quiet_runs}) |" if r.quiet_runs else "- (0) |"))
     js_runs = [r for r in results if r.client == "jstorrent" and r.session_time is not None]
     if js_runs:
         lines.append(f"\njstorrent's own figures (`--json`): median download_time "
