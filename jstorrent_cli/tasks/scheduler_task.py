@@ -85,6 +85,8 @@ class SchedulerActor:
         self.hooks = hooks
         self.choker = choker
         self.facts_handled = 0
+        self.num_pieces = scheduler.picker.num_pieces
+        self.seeds: set[PeerId] = set()  # peers that joined with every piece
 
     async def run(self, inbox: trio.MemoryReceiveChannel[Fact]) -> None:
         """Handle facts until cancelled or every sender has closed the inbox."""
@@ -95,8 +97,14 @@ class SchedulerActor:
     def handle(self, fact: Fact, now: float) -> None:
         if isinstance(fact, PieceHashed) and fact.ok:
             self.have[fact.piece >> 3] |= 0x80 >> (fact.piece & 7)
+        if isinstance(fact, PeerJoined) and self._complete(fact):
+            self.seeds.add(fact.peer)
+        elif isinstance(fact, PeerGone):
+            self.seeds.discard(fact.peer)
         self.route(self.scheduler.handle(fact, now))
         self.facts_handled += 1
+        if isinstance(fact, PeerJoined) and fact.peer in self.seeds and self.hooks.seeding():
+            self._close_seed(fact.peer)
         if isinstance(fact, Tick):
             for link in list(self.links.values()):
                 link.down.sample(now)
@@ -137,6 +145,19 @@ class SchedulerActor:
                         link.close(f"banned: {cmd.reason}")
             elif isinstance(cmd, Finished):
                 self.hooks.on_finished()
+                for peer in list(self.seeds):
+                    self._close_seed(peer)
+
+    def _complete(self, fact: PeerJoined) -> bool:
+        if fact.have_all:
+            return True
+        return bool(fact.bitfield) and int.from_bytes(fact.bitfield, "big").bit_count() == self.num_pieces
+
+    def _close_seed(self, peer: PeerId) -> None:
+        """Two seeders have nothing to say to each other: free the connection slot."""
+        link = self.links.get(peer)
+        if link is not None:
+            link.close("both sides are seeders")
 
     def rechoke(self, now: float) -> None:
         links = self.links

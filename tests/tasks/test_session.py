@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -286,3 +287,42 @@ async def test_rate_limits_hold_the_transfer_to_the_rate(tmp_path: Path, side: s
     # A full bucket lets one burst through at once; the rest cannot go faster than the rate.
     assert took >= (size - rate * DEFAULT_CONFIG.rate_limit_burst) / rate
     assert_payload(tmp_path / "leech", "slow", files)
+
+
+async def test_a_seeding_session_hangs_up_on_another_seeder(tmp_path: Path) -> None:
+    files = random_files(31, [40 * KiB])
+    _, torrent = build_torrent("seeds", files, 16 * KiB)
+    write_payload(tmp_path, "seeds", files)
+    closed = trio.Event()
+    their_id = b"-XX0000-" + b"s" * 12
+
+    async def other_seeder(stream: trio.SocketStream) -> None:
+        proto = wire.PeerProtocol(torrent.info_hash, their_id, torrent.piece_count, torrent.piece_length,
+                                  torrent.total_length)
+        await stream.send_all(proto.send_handshake())
+        with contextlib.suppress(trio.BrokenResourceError):
+            while data := await stream.receive_some(65536):
+                for msg in proto.receive_data(data):
+                    if isinstance(msg, wire.Handshake):
+                        await stream.send_all(proto.send(wire.HAVE_ALL))
+        closed.set()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.7")
+            nursery.start_soon(trio.serve_listeners, other_seeder, listeners)
+            other = ("127.0.0.7", listeners[0].socket.getsockname()[1])
+            port = await nursery.start(functools.partial(
+                session.run, DEFAULT_CONFIG, torrent, tmp_path, peers=[other], listen_host="127.0.0.3", port=0,
+                seed_time=math.inf))
+            with trio.move_on_after(DEADLINE / 4) as waited:
+                await closed.wait()
+            assert not waited.cancelled_caught, "the seeder kept a connection to another seeder"
+            # Another seeder calls in later (the download long finished): hung up on as well.
+            closed = trio.Event()
+            incoming = await trio.open_tcp_stream("127.0.0.3", port, local_address="127.0.0.8")
+            nursery.start_soon(other_seeder, incoming)
+            with trio.move_on_after(DEADLINE / 4) as waited:
+                await closed.wait()
+            assert not waited.cancelled_caught, "the seeder kept an incoming connection from another seeder"
+            nursery.cancel_scope.cancel()
