@@ -316,25 +316,29 @@ class Picker:
         else:
             self.orphans.pop(ap.index, None)
 
-    def new_piece(self, view: PeerPieces, barred: dict[int, float], now: float) -> int | None:
-        """The piece this peer should start next (rarest first, or lowest index in sequential mode)."""
+    def new_piece(self, view: PeerPieces, barred: dict[int, float], now: float,
+                  common: bool = False) -> int | None:
+        """The piece this peer should start next: rarest first (most common first when `common`, for
+        a snubbed peer, so that what it holds up is easy to get elsewhere), or lowest index in
+        sequential mode. None when it has no unstarted needed piece it is not barred from."""
         unstarted = self.unstarted_of(view)
         if unstarted == 0:
             return None
         if self.sequential:
             return self._new_sequential(view, barred, now)
+        sign = -1 if common else 1
         if not view.has_all and len(view.have_list) * unstarted <= self.unstarted_count:
             # Few pieces: scanning the peer's own list is cheaper than scanning buckets for a hit.
             best: int | None = None
             best_key = (0, 0)
             for piece in view.have_list:
                 if self.unstarted[piece] and not _is_barred(barred, piece, now):
-                    key = (self.avail[piece], self.rank[piece])
+                    key = (sign * self.avail[piece], self.rank[piece])
                     if best is None or key < best_key:
                         best, best_key = piece, key
             return best
         has = view.has
-        for bucket in self._buckets:
+        for bucket in (reversed(self._buckets) if common else self._buckets):
             for piece in bucket:
                 if has(piece) and not _is_barred(barred, piece, now):
                     return piece

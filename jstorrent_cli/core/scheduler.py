@@ -904,7 +904,7 @@ class Scheduler:
                     break
         # 5. one new piece past the cap rather than leave the peer idle
         if spare == start and not self._budget_full():
-            fresh = picker.new_piece(view, bars, now)
+            fresh = picker.new_piece(view, bars, now, common=peer.snubbed)
             if fresh is not None:
                 owner = None if peer.snubbed else peer.id
                 ap = picker.start(fresh, owner)

@@ -56,12 +56,12 @@ def test_geometry_of_the_short_last_piece() -> None:
         Picker(3, BS, 5 * BS, BS, random.Random(0))
 
 
-def rarest_reference(p: Picker, have: set[int] | None, barred: set[int]) -> set[int]:
+def rarest_reference(p: Picker, have: set[int] | None, barred: set[int], common: bool = False) -> set[int]:
     candidates = [i for i in range(p.num_pieces) if p.unstarted[i] and (have is None or i in have)
                   and i not in barred]
     if not candidates:
         return set()
-    best = min(p.availability(i) for i in candidates)
+    best = (max if common else min)(p.availability(i) for i in candidates)
     return {i for i in candidates if p.availability(i) == best}
 
 
@@ -72,9 +72,11 @@ def rarest_reference(p: Picker, have: set[int] | None, barred: set[int]) -> set[
     started=st.sets(st.integers(0, 39)),
     barred=st.sets(st.integers(0, 39)),
     seed=st.integers(0, 1000),
+    common=st.booleans(),
 )
 def test_new_piece_is_one_of_the_rarest(n: int, peers: list[set[int] | None], started: set[int],
-                                        barred: set[int], seed: int) -> None:
+                                        barred: set[int], seed: int, common: bool) -> None:
+    """Rarest first; most common first with `common` (a snubbed peer)."""
     p = Picker(n, BS, n * BS, BS, random.Random(seed))
     views: list[tuple[PeerPieces, set[int] | None]] = []
     for i, have in enumerate(peers):
@@ -87,8 +89,8 @@ def test_new_piece_is_one_of_the_rarest(n: int, peers: list[set[int] | None], st
         p.start(piece, None)
     bars = {x % n: float("inf") for x in barred}
     for view, have in views:
-        choice = p.new_piece(view, dict(bars), 0.0)
-        expected = rarest_reference(p, have, set(bars))
+        choice = p.new_piece(view, dict(bars), 0.0, common=common)
+        expected = rarest_reference(p, have, set(bars), common)
         if expected:
             assert choice in expected
         else:
