@@ -177,6 +177,7 @@ class _Peer:
         "rtt_mean",
         "slow_start",
         "snubbed",
+        "timed_out",
         "wasted_bytes",
         "win_bytes",
         "win_start",
@@ -199,6 +200,7 @@ class _Peer:
         self.limit = max(min(config.peer_limit_initial, cap), 1)
         self.slow_start = True
         self.snubbed = False
+        self.timed_out = False  # a request of it timed out and no block came since
         self.rate = 0.0
         self.win_start = now
         self.win_bytes = 0
@@ -627,6 +629,7 @@ class Scheduler:
                     break
                 expired.append(key)
             if expired:
+                peer.timed_out = True
                 for key in expired:
                     self._release(peer, key)
                     self._cancel(peer, key)
@@ -695,6 +698,7 @@ class Scheduler:
         """A requested block arrived after `sample` seconds: adapt deadline and limit."""
         config = self.config
         peer.last_progress = self._now
+        peer.timed_out = False
         mean = peer.rtt_mean
         if mean is None:
             peer.rtt_mean = sample
@@ -794,8 +798,11 @@ class Scheduler:
         for _round in range(len(peers) + 2):
             if self._wake and self._hungry:
                 # Freed room goes to the hungry peers with the fewest requests out first, so a tight
-                # budget is shared out like water filling instead of going to whoever asks first.
-                order = sorted(self._hungry, key=lambda pid: len(peers[pid].outstanding))
+                # budget is shared out like water filling instead of going to whoever asks first;
+                # peers that are snubbed or just timed out come last, so a silent peer cannot keep
+                # taking back the room its own timeouts free.
+                order = sorted(self._hungry, key=lambda pid: (peers[pid].snubbed, peers[pid].timed_out,
+                                                              len(peers[pid].outstanding)))
                 self._dirty = dict.fromkeys([*order, *self._dirty])
             self._wake = False
             if not self._dirty:
@@ -962,8 +969,8 @@ class Scheduler:
         reqs = self._requests.get(peer.id)
         if reqs is None:
             reqs = self._requests[peer.id] = []
-        if not outstanding:
-            peer.last_progress = now
+        if not outstanding and not peer.timed_out:
+            peer.last_progress = now  # the snub clock starts now, unless its last requests timed out
         states = ap.states
         last_block = ap.nblocks - 1
         while spare > 0 and ap.n_free:
@@ -994,8 +1001,8 @@ class Scheduler:
         reqs = self._requests.get(pid)
         if reqs is None:
             reqs = self._requests[pid] = []
-        if not outstanding:
-            peer.last_progress = now
+        if not outstanding and not peer.timed_out:
+            peer.last_progress = now  # the snub clock starts now, unless its last requests timed out
         active = picker.active
         taken: list[tuple[int, int]] = []
         for key in picker.dupable:

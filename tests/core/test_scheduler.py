@@ -6,6 +6,8 @@ import dataclasses
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jstorrent_cli.config import DEFAULT_CONFIG, Config, KiB
 from jstorrent_cli.core import messages as m
@@ -451,3 +453,76 @@ def test_peer_joining_twice_is_a_caller_bug() -> None:
     join(s, 0, have_all=True)
     with pytest.raises(ValueError):
         s.handle(m.PeerJoined(0, "127.0.0.2"), 0.0)
+
+
+# --- liveness rule 7 in small random swarms ----------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_pieces=st.integers(1, 12),
+    blocks=st.integers(1, 5),
+    rates=st.lists(st.integers(0, 6), min_size=1, max_size=6).filter(lambda r: any(r)),
+    budget_blocks=st.integers(1, 40),
+    max_dups=st.integers(1, 3),
+    chokes=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 5)), max_size=8),
+    seed=st.integers(0, 1000),
+)
+def test_random_swarm_always_finishes(num_pieces: int, blocks: int, rates: list[int], budget_blocks: int,
+                                      max_dups: int, chokes: list[tuple[int, int]], seed: int) -> None:
+    """Peers of random speed (0 = never answers) that all have everything, some choking us for a
+    while: the download finishes, bounded by the silent peers' request timeouts, and the books
+    balance after every fact."""
+    config = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=budget_blocks * BS,
+                                 endgame_max_dups=max_dups, request_timeout_initial=3.0,
+                                 request_timeout_max=3.0, snub_timeout=5.0, piece_retry_delay=1.0)
+    s = make(num_pieces=num_pieces, blocks=blocks, config=config, seed=seed)
+    queues: dict[int, list[m.BlockRef]] = {p: [] for p in range(len(rates))}
+    writes: list[m.BlockRef] = []
+    hashes: list[int] = []
+    finished: list[float] = []
+    now = 0.0
+
+    def route(out: list[m.Command]) -> None:
+        s.check_invariants()
+        for c in out:
+            if isinstance(c, m.SendRequests):
+                queues[c.peer].extend(c.requests)  # type: ignore[index]
+            elif isinstance(c, m.SendCancels):
+                queues[c.peer] = [r for r in queues[c.peer] if r not in c.cancels]  # type: ignore[index]
+            elif isinstance(c, m.WriteBlocks):
+                writes.extend((p, b, len(d)) for p, b, d in c.blocks)
+            elif isinstance(c, m.HashPiece):
+                hashes.append(c.piece)
+            elif isinstance(c, m.Finished):
+                finished.append(now)
+
+    for peer in range(len(rates)):
+        route(join(s, peer, have_all=True))
+    choked_until: dict[int, int] = {}
+    for step in range(2000):
+        if finished:
+            break
+        now = step * 0.1
+        for at, peer in chokes:
+            if at == step and peer < len(rates):
+                route(s.handle(m.Choked(peer), now))
+                queues[peer].clear()  # a choking peer discards our requests
+                choked_until[peer] = step + 10
+        for peer, until in list(choked_until.items()):
+            if until == step:
+                route(s.handle(m.Unchoked(peer), now))
+                del choked_until[peer]
+        for peer, rate in enumerate(rates):
+            batch, queues[peer] = queues[peer][:rate], queues[peer][rate:]
+            if batch:
+                route(deliver(s, peer, batch, now))
+        if writes:
+            route(s.handle(m.BlocksWritten(tuple(writes)), now))
+            writes.clear()
+        while hashes:
+            route(s.handle(m.PieceHashed(hashes.pop(), True), now))
+        route(s.handle(m.Tick(), now))
+    assert finished, s.snapshot()
+    snap = s.snapshot()
+    assert snap.done_bytes == snap.total_bytes and snap.bytes_in_flight == snap.bytes_waiting_for_disk == 0
