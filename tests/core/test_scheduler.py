@@ -458,7 +458,7 @@ def test_peer_joining_twice_is_a_caller_bug() -> None:
 # --- liveness rule 7 in small random swarms ----------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     num_pieces=st.integers(1, 12),
     blocks=st.integers(1, 5),
@@ -466,13 +466,17 @@ def test_peer_joining_twice_is_a_caller_bug() -> None:
     budget_blocks=st.integers(1, 40),
     max_dups=st.integers(1, 3),
     chokes=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 5)), max_size=8),
+    holdings=st.lists(st.integers(0, 2**12 - 1), min_size=6, max_size=6),
+    leave_at=st.integers(0, 80),
     seed=st.integers(0, 1000),
 )
 def test_random_swarm_always_finishes(num_pieces: int, blocks: int, rates: list[int], budget_blocks: int,
-                                      max_dups: int, chokes: list[tuple[int, int]], seed: int) -> None:
-    """Peers of random speed (0 = never answers) that all have everything, some choking us for a
-    while: the download finishes, bounded by the silent peers' request timeouts, and the books
-    balance after every fact."""
+                                      max_dups: int, chokes: list[tuple[int, int]], holdings: list[int],
+                                      leave_at: int, seed: int) -> None:
+    """Peers of random speed (0 = never answers) with random pieces, some choking us for a while, the
+    silent ones leaving at some point: whenever the answering peers hold every piece between them,
+    the download finishes, bounded by the silent peers' request timeouts, and the books balance
+    after every fact."""
     config = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=budget_blocks * BS,
                                  endgame_max_dups=max_dups, request_timeout_initial=3.0,
                                  request_timeout_max=3.0, snub_timeout=5.0, piece_retry_delay=1.0)
@@ -497,13 +501,23 @@ def test_random_swarm_always_finishes(num_pieces: int, blocks: int, rates: list[
             elif isinstance(c, m.Finished):
                 finished.append(now)
 
+    have = [{i for i in range(num_pieces) if holdings[peer] >> i & 1} for peer in range(len(rates))]
+    answering = [p for p, rate in enumerate(rates) if rate]
+    have[answering[0]] |= set(range(num_pieces)) - set().union(*(have[p] for p in answering))
     for peer in range(len(rates)):
-        route(join(s, peer, have_all=True))
+        if have[peer] == set(range(num_pieces)):
+            route(join(s, peer, have_all=True))
+        else:
+            route(join(s, peer, bitfield=bitfield(num_pieces, have[peer])))
     choked_until: dict[int, int] = {}
     for step in range(2000):
         if finished:
             break
         now = step * 0.1
+        if step == leave_at:
+            for peer, rate in enumerate(rates):
+                if not rate:
+                    route(s.handle(m.PeerGone(peer), now))
         for at, peer in chokes:
             if at == step and peer < len(rates):
                 route(s.handle(m.Choked(peer), now))
@@ -514,6 +528,8 @@ def test_random_swarm_always_finishes(num_pieces: int, blocks: int, rates: list[
                 route(s.handle(m.Unchoked(peer), now))
                 del choked_until[peer]
         for peer, rate in enumerate(rates):
+            if step >= leave_at and not rate:
+                continue
             batch, queues[peer] = queues[peer][:rate], queues[peer][rate:]
             if batch:
                 route(deliver(s, peer, batch, now))
