@@ -10,7 +10,7 @@ Three layers, all sans-IO (bytes in, messages out, bytes to send; no sockets, no
   message type allows *before* any of the body is buffered, so a hostile 4 GiB prefix costs nothing.
 * `PeerProtocol`: the state of one connection in the h11 style. `receive_data(data)` decodes and
   checks the rules of the protocol (handshake first, infohash, no connection to ourselves,
-  bitfield only first, indices and block ranges inside the torrent, fast and extension messages only
+  a late bitfield only as an update, indices and block ranges inside the torrent, fast and extension messages only
   when both sides advertised them) and tracks the choke and interest flags of both sides and the
   peer's pieces. `send(msg)` returns the bytes to write and updates our side's flags.
 
@@ -27,7 +27,8 @@ Decisions:
   before the bitfield (libtorrent sends it first), so it does not close the "first message" window.
   Other extended messages come out as `Extended(ext_id, payload)` with the payload undecoded.
 * A fast peer that sends none of bitfield / have-all / have-none is tolerated (it is taken to have
-  nothing), but one of them arriving later than first is a RemoteProtocolError.
+  nothing). One of them arriving later than first is an update, as aria2c sends it: it comes out
+  as one HAVE per newly announced piece; one that withdraws a piece is a RemoteProtocolError.
 * Whether a PIECE or REJECT answers a request we made is the scheduler's business (it owns every
   outstanding request); this module checks only that its coordinates lie inside the torrent.
 
@@ -786,7 +787,7 @@ class Decoder:
 
 # --- the per-connection protocol state ----------------------------------------------------------
 
-_Handler = Callable[["PeerProtocol", Message], None]
+_Handler = Callable[["PeerProtocol", Message], "list[Message] | None"]
 
 
 class PeerProtocol:
@@ -915,12 +916,19 @@ class PeerProtocol:
         try:
             messages = self._decoder.feed(data)
             dispatch = self._dispatch
-            for msg in messages:
-                dispatch[type(msg)](self, msg)
+            out = messages
+            for i, msg in enumerate(messages):
+                replacement = dispatch[type(msg)](self, msg)
+                if replacement is not None:  # a late bitfield / have-all, handed out as HAVEs
+                    if out is messages:
+                        out = messages[:i]
+                    out.extend(replacement)
+                elif out is not messages:
+                    out.append(msg)
         except RemoteProtocolError as err:
             self._failed = str(err)
             raise
-        return messages
+        return out
 
     def _on_handshake(self, msg: Message) -> None:
         assert isinstance(msg, Handshake)
@@ -977,33 +985,58 @@ class PeerProtocol:
         self._first_window = False
         self.peer_have[index >> 3] |= 0x80 >> (index & 7)
 
-    def _on_bitfield(self, msg: Message) -> None:
+    def _on_bitfield(self, msg: Message) -> list[Message] | None:
         assert isinstance(msg, Bitfield)
-        if not self._first_window:
-            raise RemoteProtocolError("bitfield after the first message")
         bits = msg.bits
         if len(bits) != len(self.peer_have):  # pragma: no cover - the decoder checks the length
             raise RemoteProtocolError("bitfield of the wrong length")
         if bits and bits[-1] & self._spare_mask:
             raise RemoteProtocolError("bitfield with spare bits set")
+        if not self._first_window:
+            return self._late_pieces(bytes(bits), "bitfield")
         self._first_window = False
         self.peer_have[:] = bits
+        return None
 
-    def _on_have_all(self, msg: Message) -> None:
-        self._require_fast("have all")
-        if not self._first_window:
-            raise RemoteProtocolError("have all after the first message")
-        self._first_window = False
+    def _late_pieces(self, bits: bytes, what: str) -> list[Message]:
+        """A bitfield (or have-all) after the first message: the new pieces, as HAVE messages.
+
+        aria2c announces several new pieces at once with a BITFIELD mid-connection (and a HAVE ALL
+        once it is complete), so a late one is taken as an update. A peer cannot lose pieces: a
+        late bitfield without a piece it announced before is a protocol error.
+        """
         have = self.peer_have
-        have[:] = b"\xff" * len(have)
-        have[-1] &= 0xFF ^ self._spare_mask
+        added: list[Message] = []
+        for byte_index, (old, new) in enumerate(zip(have, bits, strict=True)):
+            if old & ~new:
+                raise RemoteProtocolError(f"late {what} withdraws pieces the peer announced")
+            fresh = new & ~old
+            while fresh:
+                bit = fresh.bit_length() - 1
+                added.append(Have(byte_index * 8 + 7 - bit))
+                fresh &= ~(1 << bit)
+        have[:] = bits
+        return added
 
-    def _on_have_none(self, msg: Message) -> None:
+    def _on_have_all(self, msg: Message) -> list[Message] | None:
+        self._require_fast("have all")
+        full = bytearray(b"\xff" * len(self.peer_have))
+        full[-1] &= 0xFF ^ self._spare_mask
+        if not self._first_window:
+            return self._late_pieces(bytes(full), "have all")
+        self._first_window = False
+        self.peer_have[:] = full
+        return None
+
+    def _on_have_none(self, msg: Message) -> list[Message] | None:
         self._require_fast("have none")
         if not self._first_window:
-            raise RemoteProtocolError("have none after the first message")
+            if any(self.peer_have):
+                raise RemoteProtocolError("late have none withdraws pieces the peer announced")
+            return []
         self._first_window = False
         self.peer_have[:] = bytes(len(self.peer_have))
+        return None
 
     def _on_request(self, msg: Message) -> None:
         assert isinstance(msg, Request)

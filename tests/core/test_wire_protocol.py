@@ -104,7 +104,7 @@ def test_after_an_error_the_connection_stays_failed() -> None:
         feed(proto, wire.KeepAlive())
 
 
-# --- bitfield, have all, have none: only first ---------------------------------------------------
+# --- bitfield, have all, have none: first, or later as an update ---------------------------------------------------
 
 
 def bits_of(*indices: int) -> bytes:
@@ -120,26 +120,33 @@ def test_bitfield_first_sets_the_peer_pieces() -> None:
     assert [i for i in range(NUM_PIECES) if proto.peer_has(i)] == [0, 7, 9]
 
 
-def test_bitfield_after_a_have_is_refused() -> None:
+def test_late_bitfield_is_an_update_handed_out_as_haves() -> None:
+    """aria2c announces several pieces at once with a BITFIELD mid-connection."""
     proto = connected()
     feed(proto, wire.Have(1))
-    with pytest.raises(RemoteProtocolError):
-        feed(proto, wire.Bitfield(bits_of(0)))
+    assert proto.receive_data(wire.encode(wire.Bitfield(bits_of(0, 1, 9)))) == [wire.Have(0), wire.Have(9)]
+    assert [i for i in range(NUM_PIECES) if proto.peer_has(i)] == [0, 1, 9]
 
 
 @pytest.mark.parametrize("before", [wire.Unchoke(), wire.Interested(), wire.Request(0, 0, BLOCK), wire.Port(1)])
-def test_bitfield_after_any_other_message_is_refused(before: wire.Message) -> None:
+def test_bitfield_after_any_other_message_is_an_update(before: wire.Message) -> None:
     proto = connected()
     feed(proto, before)
-    with pytest.raises(RemoteProtocolError):
-        feed(proto, wire.Bitfield(bits_of(0)))
+    assert proto.receive_data(wire.encode(wire.Bitfield(bits_of(0)))) == [wire.Have(0)]
 
 
-def test_bitfield_twice_is_refused() -> None:
+def test_late_bitfield_that_withdraws_a_piece_is_refused() -> None:
     proto = connected()
     feed(proto, wire.Bitfield(bits_of(0)))
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError, match="withdraws"):
         feed(proto, wire.Bitfield(bits_of(1)))
+
+
+def test_late_bitfield_with_a_spare_bit_is_refused() -> None:
+    proto = connected()
+    feed(proto, wire.Have(0))
+    with pytest.raises(RemoteProtocolError, match="spare"):
+        feed(proto, wire.Bitfield(bits_of(0, 12)))
 
 
 def test_bitfield_may_follow_the_extended_handshake_and_keep_alives() -> None:
@@ -180,12 +187,13 @@ def test_have_none_after_have_all_is_refused() -> None:
         feed(proto, wire.HaveNone())
 
 
-def test_have_none_first_is_accepted_and_have_all_later_refused() -> None:
+def test_have_none_first_then_a_late_have_all_announces_the_rest() -> None:
     proto = connected()
     feed(proto, wire.HaveNone(), wire.Have(2))
     assert bytes(proto.peer_have) == bits_of(2)
-    with pytest.raises(RemoteProtocolError):
-        feed(proto, wire.HaveAll())
+    late = proto.receive_data(wire.encode(wire.HaveAll()))
+    assert late == [wire.Have(i) for i in range(NUM_PIECES) if i != 2]
+    assert bytes(proto.peer_have) == b"\xff\xc0"
 
 
 # --- have ---------------------------------------------------------------------------------------
@@ -445,15 +453,28 @@ def test_message_sequences_give_errors_or_a_consistent_state(msgs: list[wire.Mes
     else:
         failed = False
     # Replay the model over the messages in order: the first one it refuses is where we must stop.
+    # A late bitfield / have-all / have-none is an update: it comes out as HAVEs for new pieces.
     have: set[int] = set()
     first = True
     model_accepts: list[wire.Message] = []
+    model_out: list[wire.Message] = []
     for msg in msgs:
         ok = True
+        out: list[wire.Message] = [msg]
         if isinstance(msg, (wire.Bitfield, wire.HaveAll, wire.HaveNone)):
-            ok = first and (fast or isinstance(msg, wire.Bitfield))
+            ok = fast or isinstance(msg, wire.Bitfield)
             if isinstance(msg, wire.Bitfield):
                 ok = ok and msg.bits[1] & 0x3F == 0
+                new = {i for i in range(NUM_PIECES) if msg.bits[i >> 3] & (0x80 >> (i & 7))}
+            elif isinstance(msg, wire.HaveAll):
+                new = set(range(NUM_PIECES))
+            else:
+                new = set()
+            if ok and not first:
+                ok = have <= new
+                out = [wire.Have(i) for i in sorted(new - have)]
+            if ok:
+                have = new
         elif isinstance(msg, (wire.RejectRequest, wire.AllowedFast)) and not fast:
             ok = False
         if isinstance(msg, (wire.Have, wire.AllowedFast)) and msg.index >= NUM_PIECES:
@@ -465,18 +486,15 @@ def test_message_sequences_give_errors_or_a_consistent_state(msgs: list[wire.Mes
         if not ok:
             break
         model_accepts.append(msg)
-        if isinstance(msg, wire.Bitfield):
-            have = {i for i in range(NUM_PIECES) if msg.bits[i >> 3] & (0x80 >> (i & 7))}
-        elif isinstance(msg, wire.HaveAll):
-            have = set(range(NUM_PIECES))
-        elif isinstance(msg, wire.Have):
+        model_out.extend(out)
+        if isinstance(msg, wire.Have):
             have.add(msg.index)
         if not isinstance(msg, (wire.KeepAlive, wire.ExtendedHandshake)):
             first = False
     assert failed == (len(model_accepts) < len(msgs))
-    assert accepted == model_accepts[: len(accepted)]
+    assert accepted == model_out[: len(accepted)]
     if not failed:
-        assert accepted == msgs
+        assert accepted == model_out
         assert {i for i in range(NUM_PIECES) if proto.peer_has(i)} == have
         assert bytes(proto.peer_have)[1] & 0x3F == 0
 
