@@ -86,6 +86,8 @@ FIRST_PORT = 6881  # port of a peer's first session; each rejoin takes the next 
 MAX_VIOLATIONS_KEPT = 50  # violations listed in full; more are only counted
 CORRUPT_FILL = 0xFF  # the byte a corrupt block is made of (honest blocks are zeros)
 HANDSHAKE_TRIPS = 3  # one-way trips before a request reaches a new peer: INTERESTED, UNCHOKE, REQUEST
+# Float rounding: a run adds up per-block times, the bound divides once; they may differ in the last bits.
+BOUND_REL_TOLERANCE = 1e-9
 
 Key = tuple[int, int]  # (piece, begin)
 # Builds the scheduler under test: (num_pieces, piece_length, total_length, config, rng) -> Scheduler.
@@ -177,6 +179,11 @@ class SimResult:
         if self.finish_time is None or self.lower_bound <= 0:
             return math.inf
         return self.finish_time / self.lower_bound
+
+    @property
+    def respects_bound(self) -> bool:
+        """Finished no earlier than the lower bound (up to float rounding): else the bound is wrong."""
+        return self.finish_time is not None and self.finish_time >= self.lower_bound * (1 - BOUND_REL_TOLERANCE)
 
     @property
     def ok(self) -> bool:

@@ -55,7 +55,7 @@ def assert_clean(result: SimResult) -> None:
     assert result.finished, f"not finished at t={result.end_time}: {result.final_snapshot}"
     assert result.pieces_verified == result.pieces_wanted
     assert result.peak_budget_used <= result.budget
-    assert result.finish_time is not None and result.finish_time >= result.lower_bound, "the bound is not a bound"
+    assert result.respects_bound, "the bound is not a bound"
 
 
 # --- scenarios ----------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def check_finishes(swarm: Swarm) -> None:
     assert result.finished, describe(result)
     assert result.pieces_verified == result.pieces_wanted
     assert result.peak_budget_used <= swarm.config.max_unflushed_bytes
-    assert result.finish_time is not None and result.finish_time >= result.lower_bound
+    assert result.respects_bound, describe(result)
     anchors = {p.ip for p in swarm.peers if p.honest and p.sessions == ((0.0, None),)}
     assert not anchors & result.banned_ips, "an honest peer was banned"
 
