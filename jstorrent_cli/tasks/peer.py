@@ -398,18 +398,35 @@ class _Connection:
                 await self.stream.send_all(out)
             self.link.up.add(size)
 
-    async def read_batch(self, batch: list[BlockRef]) -> list[bytes]:
-        """Read the blocks of a batch at once (their thread hops overlap), in order."""
-        if len(batch) == 1:
-            return [await self.ctx.read_block(*batch[0])]
-        data: list[bytes] = [b""] * len(batch)
+    async def read_batch(self, batch: list[BlockRef]) -> list[bytes | memoryview]:
+        """The blocks of a batch, in order. Contiguous requests in one piece (the usual case) are
+        read as one range, one thread hop per run; the runs are read at once."""
+        runs: list[list[BlockRef]] = []
+        for ref in batch:
+            last = runs[-1][-1] if runs else None
+            if last is not None and ref[0] == last[0] and ref[1] == last[1] + last[2]:
+                runs[-1].append(ref)
+            else:
+                runs.append([ref])
+        data: list[bytes | memoryview] = [b""] * len(batch)
+        starts = [0]
+        for run in runs:
+            starts.append(starts[-1] + len(run))
 
-        async def read(i: int) -> None:
-            data[i] = await self.ctx.read_block(*batch[i])
+        async def read(k: int) -> None:
+            run = runs[k]
+            piece, begin = run[0][0], run[0][1]
+            whole = memoryview(await self.ctx.read_block(piece, begin, sum(ref[2] for ref in run)))
+            for i, ref in enumerate(run):
+                offset = ref[1] - begin
+                data[starts[k] + i] = whole[offset : offset + ref[2]]
 
+        if len(runs) == 1:
+            await read(0)
+            return data
         async with trio.open_nursery() as nursery:
-            for i in range(len(batch)):
-                nursery.start_soon(read, i)
+            for k in range(len(runs)):
+                nursery.start_soon(read, k)
         return data
 
     def choke(self, choke: bool) -> bytes:

@@ -228,3 +228,37 @@ async def test_a_peer_that_floods_requests_and_never_reads_our_rejects_is_droppe
                 await remote.send(*[wire.Request(0, 0, 16 * KiB)] * flood)  # we choke them: all rejected
             assert await next_fact(facts, PeerGone) == PeerGone(1)
     assert link.close_reason is not None and "rejects" in link.close_reason
+
+
+async def test_queued_requests_are_served_in_order_with_the_right_bytes() -> None:
+    reads: list[tuple[int, int, int]] = []
+
+    async def counting_read(piece: int, begin: int, length: int) -> bytes:
+        reads.append((piece, begin, length))
+        return await read_block(piece, begin, length)
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    send, facts = trio.open_memory_channel[Fact](100)
+    ctx = TorrentContext(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LENGTH, TOTAL, DEFAULT_CONFIG, have_bits(0, 1, 3), send,
+                         counting_read)
+    link = PeerLink(1, "127.0.0.9", 6881, DEFAULT_CONFIG, incoming=False, now=trio.current_time())
+    remote = Remote(theirs)
+    last_begin = (TOTAL - 3 * PIECE_LENGTH) // (16 * KiB) * 16 * KiB
+    wanted = [(1, 0, 16 * KiB), (1, 16 * KiB, 16 * KiB), (0, 16 * KiB, 16 * KiB),
+              (3, last_begin, TOTAL - 3 * PIECE_LENGTH - last_begin)]
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_peer, ours, link, ctx)
+            await remote.handshake(first=wire.HAVE_NONE)
+            await next_fact(facts, PeerJoined)
+            link.send_nowait(SetChoking(False))
+            await remote.next_message(wire.Unchoke)
+            await remote.send(*[wire.Request(*ref) for ref in wanted])
+            got = [await remote.next_message(wire.Piece) for _ in wanted]
+            nursery.cancel_scope.cancel()
+    for ref, msg in zip(wanted, got, strict=True):
+        assert isinstance(msg, wire.Piece) and (msg.index, msg.begin, len(msg.block)) == ref
+        start = ref[0] * PIECE_LENGTH + ref[1]
+        assert bytes(msg.block) == CONTENT[start : start + ref[2]]
+    assert link.up.total == sum(ref[2] for ref in wanted)
+    assert (1, 0, 32 * KiB) in reads  # the two contiguous blocks of piece 1 were one read
