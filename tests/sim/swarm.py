@@ -220,8 +220,8 @@ def lower_bound(swarm: Swarm) -> float:
                 if stop != math.inf:
                     changes.append((stop, -spec.upload_rate))
             latencies.append(spec.latency)
-    if not latencies:
-        return math.inf
+    if not changes:
+        return math.inf  # nobody can ever deliver a good block
     changes.sort()
     rate = 0.0
     done = 0.0

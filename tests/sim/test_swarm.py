@@ -257,6 +257,8 @@ def test_lower_bound_counts_only_connected_unchoking_honest_peers() -> None:
     mute = PeerSpec("127.0.0.4", 100 * MB, silent=True)
     assert lower_bound(dataclasses.replace(base, peers=(peer, liar, mute))) == pytest.approx(14.0)
     assert lower_bound(dataclasses.replace(base, peers=(liar, mute))) == math.inf
+    always_choking = PeerSpec("127.0.0.6", 1 * MB, sessions=((1.0, 4.0),), chokes=((0.0, 5.0),))
+    assert lower_bound(dataclasses.replace(base, peers=(always_choking,))) == math.inf
     # A peer that lies only sometimes may deliver good blocks: it counts (a bound must not overestimate).
     flaky = PeerSpec("127.0.0.5", 1 * MB, latency=0.0, corrupt=0.5)
     assert lower_bound(dataclasses.replace(base, peers=(peer, flaky))) < 14.0
