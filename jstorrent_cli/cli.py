@@ -263,7 +263,8 @@ def _peer_address(text: str) -> tuple[str, int]:
 @click.option("--max-peers", type=click.IntRange(1), default=DEFAULT_CONFIG.max_peers, show_default=True,
               help="Most connected peers.")
 @click.option("--max-buffer", default=None,
-              help="Unflushed-data budget: requested plus not yet written bytes (default 64M).")
+              help="Unflushed-data budget: requested plus not yet written bytes "
+                   f"(default {format_size(DEFAULT_CONFIG.max_unflushed_bytes)}).")
 @click.option("--seed-time", type=click.FloatRange(0), default=None, help="Keep seeding this many minutes.")
 @click.option("--seed-ratio", type=click.FloatRange(0), default=None,
               help="Keep seeding until uploaded / size reaches this ratio.")
@@ -288,7 +289,10 @@ def get(
     addresses = [_peer_address(p) for p in peers]
     config = dataclasses.replace(DEFAULT_CONFIG, max_peers=max_peers)
     if max_buffer is not None:
-        config = dataclasses.replace(config, max_unflushed_bytes=parse_size(max_buffer, what="--max-buffer"))
+        budget = parse_size(max_buffer, what="--max-buffer")
+        if budget < config.block_size:  # not even one request would fit: nothing could ever be asked for
+            raise UsageError(f"--max-buffer {max_buffer!r} is below one block ({format_size(config.block_size)})")
+        config = dataclasses.replace(config, max_unflushed_bytes=budget)
     if max_upload_limit is not None:
         config = dataclasses.replace(config, max_upload_rate=parse_size(max_upload_limit, what="--max-upload-limit"))
     if max_download_limit is not None:
