@@ -326,3 +326,20 @@ async def test_a_seeding_session_hangs_up_on_another_seeder(tmp_path: Path) -> N
                 await closed.wait()
             assert not waited.cancelled_caught, "the seeder kept an incoming connection from another seeder"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_budget_of_one_block_still_finishes(tmp_path: Path) -> None:
+    files = random_files(37, [1024 * KiB + 3])
+    _, torrent = build_torrent("tiny", files, 64 * KiB)
+    write_payload(tmp_path / "seed", "tiny", files)
+    tiny = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=DEFAULT_CONFIG.block_size)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(
+                session.run, DEFAULT_CONFIG, torrent, tmp_path / "seed", listen_host="127.0.0.2", port=0,
+                seed_time=math.inf))
+            result = await session.run(tiny, torrent, tmp_path / "leech", peers=[("127.0.0.2", port)],
+                                       listen_host="127.0.0.3", port=0)
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok"
+    assert_payload(tmp_path / "leech", "tiny", files)
