@@ -21,6 +21,7 @@ import trio
 from jstorrent_cli.config import Config
 from jstorrent_cli.core.messages import PeerId
 from jstorrent_cli.tasks.peer import PeerLink, TorrentContext, run_peer
+from jstorrent_cli.tasks.scheduler_task import BOTH_SEEDERS
 
 log = logging.getLogger("jstorrent.connections")
 
@@ -112,7 +113,7 @@ class ConnectionManager:
 
     async def _connect(self, address: Address, state: _AddressState) -> None:
         host, port = address
-        worked = False
+        worked = seeder = False
         try:
             stream: trio.SocketStream | None = None
             with trio.move_on_after(self.config.connect_timeout):
@@ -128,6 +129,7 @@ class ConnectionManager:
             finally:
                 self.connecting += 1
             worked = link.handshaken
+            seeder = link.close_reason == BOTH_SEEDERS
         finally:
             self.connecting -= 1
             state.busy = False
@@ -135,7 +137,9 @@ class ConnectionManager:
             if worked:
                 state.worked = True
                 state.failures = 0
-                state.next_try = now + self.config.connect_retry_initial
+                # A seeder we hung up on has nothing for us while we seed: call it again much later.
+                delay = self.config.connect_retry_max if seeder else self.config.connect_retry_initial
+                state.next_try = now + delay
             else:
                 state.failures += 1
                 delay = self.config.connect_retry_initial * 2 ** (state.failures - 1)

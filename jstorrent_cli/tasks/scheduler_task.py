@@ -53,6 +53,10 @@ from jstorrent_cli.tasks.peer import PeerLink, SetChoking
 
 log = logging.getLogger("jstorrent.scheduler")
 
+# Why a connection to a peer with every piece was closed while we seed (the connection manager waits
+# longest before calling such an address again).
+BOTH_SEEDERS = "both sides are seeders"
+
 
 class SessionHooks(Protocol):
     """What the actor tells the session (none of these may block)."""
@@ -157,7 +161,7 @@ class SchedulerActor:
         """Two seeders have nothing to say to each other: free the connection slot."""
         link = self.links.get(peer)
         if link is not None:
-            link.close("both sides are seeders")
+            link.close(BOTH_SEEDERS)
 
     def rechoke(self, now: float) -> None:
         links = self.links
