@@ -96,17 +96,13 @@ async def test_download_from_aria2c_seeder(tmp_path: Path, piece_length: int, si
 
 
 # aria2c 1.37 announces pieces it got with a BITFIELD in the middle of the connection (when several
-# completed since its last check, which on loopback is almost always); core/wire.py's PeerProtocol takes
-# that as a protocol error and drops the connection, and aria2c then waits for its next announce.
-# Needs a change in core/wire.py (accept a late BITFIELD as an update). Not strict: on a slow run aria2c
-# sends HAVEs instead and the test passes.
-LATE_BITFIELD = pytest.mark.xfail(strict=False, reason="aria2c sends a late BITFIELD; core/wire.py rejects it")
-# aria2c finishes these in a second or two when it can; failing sooner keeps the xfail cheap.
+# completed since its last check, which on loopback is almost always); core/wire.py takes a late
+# bitfield as an update, so these must pass every time.
+# aria2c finishes these in a second or two; a stuck run fails soon instead of holding CI.
 LEECH_DEADLINE = 15
 
 
 @pytest.mark.parametrize(("piece_length", "sizes", "single"), CASES)
-@LATE_BITFIELD
 async def test_aria2c_downloads_from_jstorrent_seeder_through_opentracker(
     tmp_path: Path, piece_length: int, sizes: list[int], single: bool
 ) -> None:
