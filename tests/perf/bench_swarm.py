@@ -53,7 +53,10 @@ JSTORRENT = ROOT / ".venv" / "bin" / "jstorrent"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 TRACKER_HOST = "127.0.0.1"
 # Clients and seeders each on their own loopback address (aria2c's comes from the interop helper).
-CLIENT_HOSTS = {"jstorrent": "127.0.0.3", "aria2c": ARIA_HOST, "libtorrent": "127.0.0.7"}
+CLIENT_HOSTS = {"jstorrent": "127.0.0.3", "aria2c": ARIA_HOST, "libtorrent": "127.0.0.7", "jstorrent-alt": "127.0.0.8"}
+# --alt-jstorrent: a second jstorrent command (another checkout, a patched build) run as client "jstorrent-alt",
+# to put a change's before/after figures side by side in one run.
+ALT_JSTORRENT: list[str] = []
 SEEDER_HOSTS = [f"127.0.0.{10 + i}" for i in range(8)]
 # How often the benchmark looks at a child or at the seeders; sleeps in between (never spins).
 POLL = 0.05
@@ -308,8 +311,9 @@ def own_cpu_seconds() -> float:
 def client_command(client: str, payload: Payload, out_dir: Path, scenario: Scenario) -> list[str]:
     host = CLIENT_HOSTS[client]
     port = free_port(host)
-    if client == "jstorrent":
-        return [str(JSTORRENT), "get", "--json", "-d", str(out_dir), "--listen", host, "--port", str(port),
+    if client in ("jstorrent", "jstorrent-alt"):
+        program = [str(JSTORRENT)] if client == "jstorrent" else ALT_JSTORRENT
+        return [*program, "get", "--json", "-d", str(out_dir), "--listen", host, "--port", str(port),
                 *scenario.jstorrent_args, str(payload.torrent_path)]
     if client == "aria2c":
         return aria2c_command(payload.torrent_path, out_dir, port, "--seed-time=0")
@@ -382,7 +386,7 @@ def run_client(client: str, payload: Payload, scenario: Scenario, work: Path, ru
         problem = f"exit {code}: {last_words}"
     else:
         problem = verify(payload, out_dir) or ""
-    session_time, tail = jstorrent_timing(log) if client == "jstorrent" and not problem else (None, None)
+    session_time, tail = jstorrent_timing(log) if client.startswith("jstorrent") and not problem else (None, None)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.sync()  # the next client does not pay for this one's write-back
     return RunResult(client, not problem, wall, cpu, rss, problem, seeders, others, session_time, tail)
@@ -493,13 +497,14 @@ def table(scenario: Scenario, rows: list[Row], results: list[RunResult]) -> str:
         lines.append(f"| {r.client} | {r.ok}/{r.runs} | {r.wall:.2f} | {r.rate:.1f} | {r.cpu_per_gib:.2f} | "
                      f"{r.rss:.0f} | {ratio} | {r.others:.1f} | "
                      + (f"{r.quiet_rate:.1f} ({r.quiet_runs}) |" if r.quiet_runs else "- (0) |"))
-    js_runs = [r for r in results if r.client == "jstorrent" and r.session_time is not None]
-    if js_runs:
-        lines.append(f"\njstorrent's own figures (`--json`): median download_time "
-                     f"{statistics.median(r.session_time or 0.0 for r in js_runs):.2f} s (wall minus start-up, "
-                     f"announce and exit); 99 % -> done took at most "
-                     f"{', '.join(f'{r.tail:.1f}' for r in js_runs if r.tail is not None)} s "
-                     "(bound from the 1 s progress records)")
+    for name in ("jstorrent", "jstorrent-alt"):
+        js_runs = [r for r in results if r.client == name and r.session_time is not None]
+        if js_runs:
+            lines.append(f"\n{name}'s own figures (`--json`): median download_time "
+                         f"{statistics.median(r.session_time or 0.0 for r in js_runs):.2f} s (wall minus start-up, "
+                         f"announce and exit); 99 % -> done took at most "
+                         f"{', '.join(f'{r.tail:.1f}' for r in js_runs if r.tail is not None)} s "
+                         "(bound from the 1 s progress records)")
     for r in rows:
         for p in r.problems:
             lines.append(f"\nfailure ({r.client}): {p}")
@@ -574,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tmp", default=None, help="folder for payloads and downloads (default: system tmp)")
     parser.add_argument("--markdown", default=None, help="also append the tables to this file")
     parser.add_argument("--json-out", default=None, help="write every run's figures to this JSON file")
+    parser.add_argument("--alt-jstorrent", metavar="COMMAND",
+                        help="also run this jstorrent command (split on spaces) as client jstorrent-alt")
     parser.add_argument("--report", metavar="FILE.json",
                         help="only print the tables of a --json-out file again (same --size/--small-size)")
     parser.add_argument("--lt-client", nargs=3, metavar=("TORRENT", "DIR", "HOST"), help=argparse.SUPPRESS)
@@ -586,6 +593,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         disk_hog(Path(args.disk_hog))
         return 0
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    if args.alt_jstorrent:
+        ALT_JSTORRENT[:] = args.alt_jstorrent.split()
+        if "jstorrent-alt" not in clients:
+            clients.append("jstorrent-alt")
     all_scenarios = scenarios(parse_size(args.size), parse_size(args.small_size))
     if args.report:
         saved = json.loads(Path(args.report).read_text())
