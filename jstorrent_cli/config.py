@@ -167,6 +167,8 @@ class Config:
     rate_smoothing: float = 2.0
     # Ctrl-C / SIGTERM: the session stops within this long (DESIGN: 2 s).
     interrupt_grace: float = 2.0
+    # Of that grace, the final `stopped` announce gets at most this long (the rest: resume state, closing).
+    stopped_announce_cap: float = 1.0
     # Rate limits in bytes/s (0: none): --max-upload-limit / --max-download-limit (token buckets).
     max_upload_rate: int = 0
     max_download_rate: int = 0
@@ -210,6 +212,10 @@ class Config:
     stall_report_max_ranges: int = 12
     # ...and at most this many peers per reason and idle peers (a swarm of 50 must fit on a screen).
     stall_report_max_peers: int = 8
+    # The session looks for a stall (and refreshes the -v live classification) this often (seconds).
+    stall_check_interval: float = 1.0
+    # A SIGUSR1 state dump lists at most this many started pieces (the rest is counted).
+    state_dump_max_pieces: int = 64
 
     # --- display (ui/) ---------------------------------------------------------------------------
     # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.

@@ -15,6 +15,7 @@ the session from the scheduler's own limits (the budget, the piece count), so th
 
 The actor also owns the choker: on every tick and whenever a peer's interest changes or it leaves,
 the choker's decision is turned into CHOKE / UNCHOKE in the outboxes. Rates are sampled on ticks.
+A piece that hashed ok is told to the session (`on_verified`: the resume state is due for a save).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class SessionHooks(Protocol):
     def on_finished(self) -> None: ...
     def on_ban(self, ip: str, reason: str) -> None: ...
     def seeding(self) -> bool: ...
+    def on_verified(self, piece: int) -> None:
+        """A piece passed its hash check (the resume state is due for a save)."""
 
 
 class SchedulerActor:
@@ -101,6 +104,7 @@ class SchedulerActor:
     def handle(self, fact: Fact, now: float) -> None:
         if isinstance(fact, PieceHashed) and fact.ok:
             self.have[fact.piece >> 3] |= 0x80 >> (fact.piece & 7)
+            self.hooks.on_verified(fact.piece)
         if isinstance(fact, PeerJoined) and self._complete(fact):
             self.seeds.add(fact.peer)
         elif isinstance(fact, PeerGone):

@@ -3,14 +3,23 @@
 `run(config, torrent, out_dir, peers=..., display=...) -> SessionResult` wires the pieces of
 DESIGN.md's data flow together:
 
-    storage (files under out_dir: DIR/<name> for one file, DIR/<name>/... for several)
-      -> hash check of whatever is already on disk (pieces that pass are ours: we seed them)
+    storage (files under out_dir: DIR/<name> for one file, DIR/<name>/... for several; with
+      `selected` files only those, the bytes of other files in shared pieces in the hidden parts
+      file, tasks/parts.py)
+      -> recover (tasks/resume_store.py): the resume state's pieces are trusted if their files kept
+         size and mtime, the rest re-hashed; without a state every wanted piece on disk is hashed
+    ResumeSaver: the state file `.<name>.jstorrent` in out_dir, at most once a second, at
+      completion and at exit (Ctrl-C included)
     scheduler actor (tasks/scheduler_task.py) <- facts from peers, writer, hasher, ticker
     writer and hasher loops (tasks/storage.py)
     connection manager (tasks/connections.py) <- addresses from `peers` and the trackers
     listener (tasks/listener.py) for incoming connections
     Announcer (tasks/tracker.py) when the torrent has trackers: `started`, `completed`, `stopped`
     the display, polling `status()` a few times a second
+    the stall watcher (core/diagnose.py): about once a second; a stall (no block for
+      Config.stall_report_after s while wanted data is missing) is reported once through the
+      display's optional `stall(report)`; Config.stall_timeout ends the session (StallTimeoutError,
+      exit 2). With `handle_signals`, SIGUSR1 writes a state dump to stderr.
 
 When every piece is verified the session announces `completed` and, by default, ends. `seed_time`
 (seconds; math.inf for ever) and `seed_ratio` keep it seeding first. With `handle_signals`, the first
@@ -25,13 +34,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import random
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Protocol, TextIO
 
 import trio
@@ -39,14 +49,24 @@ import trio
 from jstorrent_cli.config import Config
 from jstorrent_cli.core.announce import AnnounceRequest, make_key, make_peer_id
 from jstorrent_cli.core.choker import Choker
+from jstorrent_cli.core.diagnose import (
+    StallDetector,
+    StallReport,
+    detail_from_scheduler,
+    diagnose,
+    report_lines,
+)
 from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.core.messages import BlocksWritten, Fact, PeerId, PieceHashed, ReceivedBlock
 from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
-from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError
+from jstorrent_cli.core.selection import wanted_pieces
+from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError, StallTimeoutError
 from jstorrent_cli.tasks import listener as listener_mod
 from jstorrent_cli.tasks.connections import Address, ConnectionManager
+from jstorrent_cli.tasks.parts import layout_for_selection
 from jstorrent_cli.tasks.peer import TokenBucket, TorrentContext
+from jstorrent_cli.tasks.resume_store import Recovered, ResumeSaver, StateStore, recover
 from jstorrent_cli.tasks.scheduler_task import SchedulerActor, ticker
 from jstorrent_cli.tasks.storage import Storage, storage_files
 from jstorrent_cli.tasks.tracker import (
@@ -90,6 +110,9 @@ class SessionStatus:
     elapsed: float
     state: SessionState
     listen_port: int | None
+    # One line the live view shows under the header: the hash check's progress while checking, the
+    # stall's cause while stalled, and (with live diagnosis, -v) why the missing pieces are missing.
+    note: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,6 +144,9 @@ class SessionResult:
 
 
 class Display(Protocol):
+    """What the session shows through. A display may also have `stall(report: StallReport) -> None`,
+    called once when a stall starts (looked up with getattr: it is optional)."""
+
     async def run(self, poll: Callable[[], SessionStatus]) -> None:
         """Show the session until cancelled, polling `poll()` a few times a second."""
 
@@ -184,6 +210,22 @@ def _first_error(exc: BaseException) -> JsTorrentError | None:
     return None
 
 
+def _verified_pieces(verified: bytearray) -> Iterator[int]:
+    """The indexes of the 1 bytes of a picker's one-byte-per-piece array (bytes.find runs in C)."""
+    index = verified.find(1)
+    while index >= 0:
+        yield index
+        index = verified.find(1, index + 1)
+
+
+def _live_line(report: StallReport) -> str:
+    """One line for the live view: the stall's cause, or where the missing pieces stand."""
+    if report.stalled_for is not None:
+        return f"stalled {report.stalled_for:.0f}s: {report.most_likely_cause}"
+    parts = [f"{e.pieces} {e.reason.value}" for e in report.reasons]
+    return "missing: " + (", ".join(parts) if parts else "nothing")
+
+
 def _geometry(torrent: Torrent, config: Config) -> Geometry:
     return Geometry.from_files(((f.length, f.pad) for f in torrent.files), torrent.piece_length, config.block_size)
 
@@ -204,6 +246,8 @@ class _Session:
         handle_signals: bool,
         peer_id: bytes | None,
         rng: random.Random,
+        selected: Collection[int] | None = None,
+        live_diagnosis: bool = False,
     ) -> None:
         self.config = config
         self.torrent = torrent
@@ -218,6 +262,22 @@ class _Session:
         self.peer_id = peer_id if peer_id is not None else make_peer_id(secrets.token_bytes)
         self.rng = rng
         self.geometry = _geometry(torrent, config)
+        self.files = storage_files(torrent.files)
+        self.disk_geometry, self.disk_files = layout_for_selection(self.geometry, self.files, selected, torrent.name)
+        self.paths: list[tuple[str, ...] | None] = [None if f.pad or f.symlink else f.path for f in self.disk_files]
+        self.selected = None if selected is None else frozenset(selected)
+        wanted = None if self.selected is None else wanted_pieces(self.geometry, self.selected)
+        self.wanted: list[bool] | None = (
+            None if wanted is None else [piece in wanted for piece in range(torrent.piece_count)])
+        self.wanted_bytes = (torrent.total_length if wanted is None
+                             else sum(self.geometry.piece_size(p) for p in wanted))
+        self.store = StateStore(self.out_dir, torrent.name, config)
+        self.saver: ResumeSaver | None = None
+        self.live_diagnosis = live_diagnosis
+        self.detector = StallDetector(config.stall_report_after)
+        self.note: str | None = None
+        self.stall_reports = 0  # stall reports shown (tests read it)
+        self.download_limit: TokenBucket | None = None
         self.state = SessionState.CHECKING
         self.started_at = 0.0
         self.finished_at: float | None = None
@@ -233,8 +293,9 @@ class _Session:
         self.empty_snapshot = SchedulerSnapshot(
             peers=(), bytes_in_flight=0, bytes_waiting_for_disk=0, budget=config.max_unflushed_bytes,
             pieces_missing=torrent.piece_count, pieces_partial=0, pieces_fully_requested=0, pieces_awaiting_hash=0,
-            pieces_verified=0, pieces_wanted=torrent.piece_count, free_blocks=0, endgame=False, wasted_bytes=0,
-            hash_failures=0, banned_ips=frozenset(), done_bytes=0, total_bytes=torrent.total_length, finished=False,
+            pieces_verified=0, pieces_wanted=torrent.piece_count if wanted is None else len(wanted), free_blocks=0,
+            endgame=False, wasted_bytes=0, hash_failures=0, banned_ips=frozenset(), done_bytes=0,
+            total_bytes=self.wanted_bytes, finished=False,
         )
 
     # -- hooks for the scheduler actor --
@@ -246,6 +307,8 @@ class _Session:
         log.info("download complete: %s", self.torrent.name)
         if self.announcer is not None:
             self.announcer.download_completed()
+        if self.saver is not None:
+            self.saver.note_change()  # the state at completion says "all verified"
         if self.wants_seeding():
             self.state = SessionState.SEEDING
         else:
@@ -255,6 +318,10 @@ class _Session:
     def on_ban(self, ip: str, reason: str) -> None:
         if self.manager is not None:
             self.manager.ban(ip)
+
+    def on_verified(self, piece: int) -> None:
+        if self.saver is not None:
+            self.saver.note_change()
 
     def seeding(self) -> bool:
         return self.finished_at is not None
@@ -283,7 +350,7 @@ class _Session:
         return SessionStatus(
             name=self.torrent.name,
             info_hash=self.torrent.info_hash,
-            total_bytes=self.torrent.total_length,
+            total_bytes=self.wanted_bytes,
             verified_bytes=self.verified_bytes(),
             download_rate=sum(link.down.rate for link in links),
             upload_rate=sum(link.up.rate for link in links),
@@ -297,6 +364,7 @@ class _Session:
             elapsed=trio.current_time() - self.started_at,
             state=self.state,
             listen_port=self.listen_port,
+            note=self.note,
         )
 
     def announce_request(self) -> AnnounceRequest:
@@ -308,58 +376,128 @@ class _Session:
             port=self.listen_port,
             uploaded=manager.uploaded,
             downloaded=manager.downloaded,
-            left=self.torrent.total_length - self.verified_bytes(),
+            left=self.wanted_bytes - self.verified_bytes(),
             numwant=self.config.numwant,
             key=self.key,
         )
 
-    # -- the hash check of existing data --
+    # -- what is already on disk --
 
-    def _present_pieces(self, storage: Storage) -> list[int]:
-        sizes: list[int] = []
-        for index, entry in enumerate(self.torrent.files):
-            if entry.pad or entry.length == 0:
-                sizes.append(entry.length)
+    def _check_progress(self, done: int, total: int) -> None:
+        self.note = f"checking existing data: {format_size(done)} of {format_size(total)}"
+
+    async def recover(self) -> Recovered:
+        """The pieces on disk and correct: the resume state's, re-hashed where trust was lost, or
+        (without a state) every wanted piece on disk hashed, with progress in `note`."""
+        recovered = await recover(
+            self.store, info_hash=self.torrent.info_hash, geometry=self.disk_geometry, root=self.out_dir,
+            paths=self.paths, piece_hashes=self.torrent.piece_hashes,
+            wanted=None if self.wanted is None else [p for p, w in enumerate(self.wanted) if w],
+            progress=self._check_progress, config=self.config,
+        )
+        self.note = None
+        if recovered.problem is not None:
+            log.warning("%s", recovered.problem)
+        self.initial_verified_bytes = sum(self.geometry.piece_size(p) for p in recovered.verified)
+        log.info("recovered %d pieces (%d trusted from the resume state, %d hashed ok, %d bad)",
+                 len(recovered.verified), len(recovered.trusted), len(recovered.checked.ok),
+                 len(recovered.checked.bad))
+        return recovered
+
+    # -- stalls --
+
+    def _diagnose(self, now: float, stalled_for: float | None) -> StallReport | None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return None
+        bucket = self.download_limit
+        return diagnose(
+            scheduler.snapshot(), now=now, trackers=self.status().trackers,
+            rate_limited=bucket is not None and bucket.tokens < self.config.block_size,
+            detail=detail_from_scheduler(scheduler), stalled_for=stalled_for, config=self.config,
+        )
+
+    def _show_stall(self, report: StallReport) -> None:
+        self.stall_reports += 1
+        for line in report_lines(report):
+            log.info("%s", line)
+        show = getattr(self.display, "stall", None)
+        if show is not None:
+            show(report)
+
+    async def watch_stalls(self) -> None:
+        """About once a second: is this a stall (report it once), has it lasted past --stall-timeout."""
+        config = self.config
+        while True:
+            await trio.sleep(config.stall_check_interval)
+            scheduler, manager = self.scheduler, self.manager
+            if scheduler is None or manager is None:
                 continue
-            try:
-                st = os.lstat(storage.path_of(index))
-            except OSError:
-                sizes.append(-1)
-                continue
-            sizes.append(st.st_size if os.path.isfile(storage.path_of(index)) and not os.path.islink(
-                storage.path_of(index)) else -1)
-        present = []
-        for piece in range(self.geometry.piece_count):
-            spans = self.geometry.piece_spans(piece)
-            if all(s.pad or sizes[s.file_index] >= s.file_offset + s.length for s in spans):
-                present.append(piece)
-        return present
+            now = trio.current_time()
+            picker = scheduler.picker
+            missing = picker.verified_wanted_bytes < picker.wanted_bytes
+            started = self.detector.observe(now, manager.downloaded, missing)
+            stalled_for = self.detector.stalled_for(now) if self.detector.stalled else None
+            if started or (self.live_diagnosis and missing):
+                report = self._diagnose(now, stalled_for)
+                if report is not None:
+                    if started:
+                        self._show_stall(report)
+                    self.note = _live_line(report)
+            elif not self.detector.stalled:
+                self.note = None
+            if self.detector.timed_out(now, config.stall_timeout):
+                raise StallTimeoutError(
+                    f"no data for {self.detector.stalled_for(now):.0f} s (--stall-timeout {config.stall_timeout:g})"
+                    + (f": {self.note}" if self.note else "")
+                )
 
-    async def check_existing(self, storage: Storage) -> list[bool]:
-        have = [False] * self.torrent.piece_count
-        present = await trio.to_thread.run_sync(self._present_pieces, storage)
-        if not present:
-            return have
-        send, receive = trio.open_memory_channel[int](len(present))
-        for piece in present:
-            send.send_nowait(piece)
-        send.close()
-
-        async def worker() -> None:
-            async for piece in receive:
-                if await storage.hash_piece(piece, self.torrent.piece_hash(piece)):
-                    have[piece] = True
-                    self.initial_verified_bytes += self.geometry.piece_size(piece)
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(self.config.hash_threads):
-                nursery.start_soon(worker)
-        return have
+    def state_dump(self) -> list[str]:
+        """The SIGUSR1 dump: the stall report, then one line per peer and per started piece."""
+        now = trio.current_time()
+        scheduler = self.scheduler
+        if scheduler is None:
+            return [f"{self.torrent.name}: {self.state.value}" + (f" ({self.note})" if self.note else "")]
+        report = self._diagnose(now, self.detector.stalled_for(now) if self.detector.stalled else None)
+        assert report is not None
+        lines = [f"--- jstorrent state of {self.torrent.name} ({self.state.value}, {now - self.started_at:.1f} s) ---"]
+        lines += report_lines(report)
+        snap = scheduler.snapshot()
+        lines.append(f"Peers ({len(snap.peers)}):")
+        clients = {link.peer: link.client for link in self.manager.links.values()} if self.manager else {}
+        for ps in snap.peers:
+            age = "-" if ps.oldest_request_age is None else f"{ps.oldest_request_age:.1f}s"
+            flags = "".join((
+                "C" if ps.peer_choking else "u", "i" if ps.am_interested else "-",
+                "I" if ps.peer_interested else "-", "S" if ps.snubbed else "-"))
+            lines.append(
+                f"  {ps.ip} {clients.get(ps.peer) or '?'} [{flags}] {ps.outstanding}/{ps.limit} requests, "
+                f"oldest {age}, timeout {ps.request_timeout:.1f}s, {format_rate(ps.rate)}, "
+                f"got {format_size(ps.bytes_received)}, wasted {format_size(ps.wasted_bytes)}"
+                + (f", idle: {ps.idle_reason}" if ps.idle_reason else ""))
+        detail = detail_from_scheduler(scheduler)
+        cap = self.config.state_dump_max_pieces
+        needed = detail.needed.count(1)
+        lines.append(f"Pieces: {snap.pieces_verified} of {snap.pieces_wanted} wanted verified, {needed} missing, "
+                     f"{len(detail.active)} started:")
+        for piece in detail.active[:cap]:
+            lines.append(f"  piece {piece.piece}: {piece.free} free, {piece.requested} requested, "
+                         f"{piece.received} received, {piece.written} written")
+        if len(detail.active) > cap:
+            lines.append(f"  (+{len(detail.active) - cap} more started pieces)")
+        return lines
 
     # -- the run --
 
     async def watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
+            if signum == signal.SIGUSR1:
+                try:
+                    sys.stderr.write("\n".join(self.state_dump()) + "\n")
+                    sys.stderr.flush()
+                except OSError:
+                    pass  # nobody reads our stderr: the dump was asked for, not needed
+                continue
             if self.interrupted:
                 log.warning("second signal %s: exiting at once", signum)
                 sys.stderr.flush()
@@ -396,28 +534,32 @@ class _Session:
 
     async def _run(self, task_status: trio.TaskStatus[int]) -> None:
         config = self.config
-        torrent = self.torrent
-        files = storage_files(torrent.files)
         try:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as err:
             raise FileCreateError(f"cannot create the download folder {self.out_dir}: {err.strerror}") from None
         with contextlib.ExitStack() as stack:
             # Signals are caught before anything shows that the session runs.
-            signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+            signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
                        if self.handle_signals else None)
-            storage = stack.enter_context(Storage(self.out_dir, files, self.geometry, config))
+            storage = stack.enter_context(Storage(self.out_dir, self.disk_files, self.disk_geometry, config))
             async with trio.open_nursery() as outer:
                 if signals is not None:
                     outer.start_soon(self.watch_signals, signals)
                 outer.start_soon(self.display.run, self.status)
                 with trio.CancelScope() as check_scope:
                     outer.start_soon(self._cancel_on_stop, check_scope)
-                    have = await self.check_existing(storage)
-                    await storage.prepare()
+                    recovered = await self.recover()
+                    await storage.prepare(wanted=self._files_to_create())
                 if not check_scope.cancelled_caught:
-                    await self._transfer(storage, have, task_status)
+                    await self._transfer(storage, recovered, task_status)
                 outer.cancel_scope.cancel()
+
+    def _files_to_create(self) -> list[int] | None:
+        """Zero-length files to create: all, or only the selected ones (never the unselected)."""
+        if self.selected is None:
+            return None
+        return sorted(self.selected)
 
     async def _cancel_on_stop(self, scope: trio.CancelScope) -> None:
         await self.stop.wait()
@@ -438,15 +580,37 @@ class _Session:
             return None
         return TokenBucket(rate, self.config.rate_limit_burst, trio.current_time())
 
-    async def _transfer(self, storage: Storage, have: list[bool], task_status: trio.TaskStatus[int]) -> None:
+    async def _transfer(self, storage: Storage, recovered: Recovered, task_status: trio.TaskStatus[int]) -> None:
         config = self.config
         torrent = self.torrent
         n = torrent.piece_count
-        for piece, ok in enumerate(have):
-            if ok:
-                self.have[piece >> 3] |= 0x80 >> (piece & 7)
-        scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng, have=have)
+        have = [False] * n
+        for piece in recovered.verified:
+            have[piece] = True
+            self.have[piece >> 3] |= 0x80 >> (piece & 7)
+        scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
+                              wanted=self.wanted, have=have)
         self.scheduler = scheduler
+        picker = scheduler.picker
+        self.saver = ResumeSaver(
+            self.store, info_hash=torrent.info_hash, geometry=self.disk_geometry, root=self.out_dir,
+            paths=self.paths, verified=functools.partial(_verified_pieces, picker.verified), sync=storage.sync,
+            config=config,
+        )
+        # The saver outlives the transfer: it is cancelled (and writes the state a last time) only once
+        # the writer and hasher have stopped, and before the storage is closed.
+        async with trio.open_nursery() as saver_nursery:
+            saver_nursery.start_soon(self.saver.run)
+            self.saver.note_change()
+            try:
+                await self._transfer_with(storage, scheduler, task_status)
+            finally:
+                saver_nursery.cancel_scope.cancel()
+
+    async def _transfer_with(self, storage: Storage, scheduler: Scheduler, task_status: trio.TaskStatus[int]) -> None:
+        config = self.config
+        torrent = self.torrent
+        n = torrent.piece_count
         inbox_send, inbox_receive = trio.open_memory_channel[Fact](config.inbox_capacity)
         # Out of the scheduler: never waits. The writer holds at most the budget's blocks, the hasher
         # at most every piece once.
@@ -454,11 +618,12 @@ class _Session:
             config.max_unflushed_bytes // config.block_size + 1
         )
         hash_send, hash_receive = trio.open_memory_channel[tuple[int, bytes]](n)
+        self.download_limit = self._bucket(config.max_download_rate)
         ctx = TorrentContext(
             info_hash=torrent.info_hash, our_peer_id=self.peer_id, num_pieces=n,
             piece_length=torrent.piece_length, total_length=torrent.total_length, config=config,
             have=self.have, inbox=inbox_send, read_block=storage.read_block,
-            upload_limit=self._bucket(config.max_upload_rate), download_limit=self._bucket(config.max_download_rate),
+            upload_limit=self._bucket(config.max_upload_rate), download_limit=self.download_limit,
         )
         listeners = await listener_mod.open_listeners(config, self.listen_host, self.port)
         self.listen_port = listener_mod.listening_port(listeners)
@@ -485,13 +650,17 @@ class _Session:
             nursery.start_soon(listener_mod.serve, listeners, manager.accept)
             nursery.start_soon(manager.run)
             nursery.start_soon(self.watch_seeding)
+            nursery.start_soon(self.watch_stalls)
             manager.add_addresses(self.initial_peers)
             http = None
             if torrent.trackers:
                 http = open_http_client(config, local_address=local)
                 client = TrackerClient(http, config, udp_local_host=local)
+                # The final `stopped` announce is shielded: its deadline must fit in the time a Ctrl-C leaves.
+                announcer_config = dataclasses.replace(config, stopped_announce_deadline=min(
+                    config.stopped_announce_deadline, config.stopped_announce_cap, config.interrupt_grace))
                 self.announcer = Announcer(TrackerTiers(torrent.trackers, self.rng), client.announce,
-                                           self.announce_request, manager.add_addresses, config)
+                                           self.announce_request, manager.add_addresses, announcer_config)
                 manager.on_empty = self.announcer.swarm_ran_dry
                 nursery.start_soon(self.announcer.run)
             task_status.started(self.listen_port)
@@ -526,7 +695,7 @@ class _Session:
             name=self.torrent.name,
             info_hash=self.torrent.info_hash,
             state=self.state,
-            total_bytes=self.torrent.total_length,
+            total_bytes=self.wanted_bytes,
             verified_bytes=self.verified_bytes(),
             downloaded_bytes=downloaded,
             uploaded_bytes=manager.uploaded if manager is not None else 0,
@@ -553,17 +722,22 @@ async def run(
     handle_signals: bool = False,
     peer_id: bytes | None = None,
     rng: random.Random | None = None,
+    selected: Collection[int] | None = None,
+    live_diagnosis: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> SessionResult:
     """Download (and seed) one torrent into `out_dir`; see the module docstring.
 
     `seed_time` is in seconds (math.inf: seed until cancelled). With `nursery.start(...)`, the
-    listening port is reported once the session accepts connections.
+    listening port is reported once the session accepts connections. `selected`: 0-based file
+    indexes to download (core/selection.parse_select_file; None: every file). `live_diagnosis`
+    (-v): classify the missing pieces about once a second into SessionStatus.note.
     """
     session = _Session(
         config, torrent, out_dir, peers=peers, display=display if display is not None else NullDisplay(),
         listen_host=listen_host, port=port, seed_time=seed_time, seed_ratio=seed_ratio,
         handle_signals=handle_signals, peer_id=peer_id, rng=rng if rng is not None else random.Random(),
+        selected=selected, live_diagnosis=live_diagnosis,
     )
     result = await session.run(task_status)
     session.display.finish(result)
