@@ -272,22 +272,41 @@ def _peer_address(text: str) -> tuple[str, int]:
 @click.option("--max-download-limit", default=None, help="Download rate limit per second, e.g. 2M (default none).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout: progress records and a final result.")
-@click.option("-v", "--verbose", is_flag=True, help="Show the peer table in the live view.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the peer table and, about once a second, why missing pieces are missing.")
+@click.option("--select-file", default=None,
+              help="Download only these files (indexes as 'jstorrent info' prints them, e.g. 1-3,5).")
+@click.option("--file-allocation", type=click.Choice(["none", "sparse", "full"]),
+              default=DEFAULT_CONFIG.file_allocation, show_default=True,
+              help="How new files get their space: grow as written, sized at once (sparse), or preallocated.")
+@click.option("--stall-report-after", type=click.FloatRange(0), default=DEFAULT_CONFIG.stall_report_after,
+              show_default=True, help="Print a stall report after this many seconds without a block.")
+@click.option("--stall-timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_CONFIG.stall_timeout,
+              help="Give up (exit status 2) after this many seconds without a block (default: never).")
 def get(
     torrent_file: str, out_dir: str, peers: tuple[str, ...], port: int | None, listen: str | None, max_peers: int,
     max_buffer: str | None, seed_time: float | None, seed_ratio: float | None, max_upload_limit: str | None,
-    max_download_limit: str | None, quiet: bool, as_json: bool, verbose: bool,
+    max_download_limit: str | None, quiet: bool, as_json: bool, verbose: bool, select_file: str | None,
+    file_allocation: str, stall_report_after: float, stall_timeout: float | None,
 ) -> int:
     """Download a torrent (and seed it while it runs)."""
     import dataclasses
     import functools
+    import math
 
+    from jstorrent_cli.core.selection import parse_select_file
     from jstorrent_cli.tasks import session
     from jstorrent_cli.ui.display import make_display
 
     torrent = read_torrent_file(torrent_file)
     addresses = [_peer_address(p) for p in peers]
-    config = dataclasses.replace(DEFAULT_CONFIG, max_peers=max_peers)
+    selected = None if select_file is None else parse_select_file(
+        select_file, len(torrent.files), [f.pad for f in torrent.files])
+    if not math.isfinite(stall_report_after):
+        raise UsageError(f"--stall-report-after {stall_report_after}: give a number of seconds")
+    config = dataclasses.replace(
+        DEFAULT_CONFIG, max_peers=max_peers, file_allocation=file_allocation,
+        stall_report_after=stall_report_after, stall_timeout=stall_timeout)
     if max_buffer is not None:
         budget = parse_size(max_buffer, what="--max-buffer")
         if budget < config.block_size:  # not even one request would fit: nothing could ever be asked for
@@ -302,6 +321,7 @@ def get(
     result = trio.run(functools.partial(
         session.run, config, torrent, out_dir, peers=addresses, display=display, listen_host=listen, port=port,
         seed_time=seed_time * 60 if seed_time is not None else None, seed_ratio=seed_ratio, handle_signals=True,
+        selected=selected, live_diagnosis=verbose,
     ))
     if result.exception is not None and not quiet and not as_json:
         click.echo(f"jstorrent: {result.error}", err=True)

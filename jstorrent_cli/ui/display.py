@@ -12,7 +12,10 @@ pre-formatted `Text` lines (no `Table`) on stderr, leaving stdout clean for `--j
 tasks/session.py's SessionStatus and SessionResult provide every field of those protocols; mypy checks
 that where the session hands them to the views. One extra is optional and read when present:
 ``status.peer_details`` (peer id -> `PeerDetailLike`: port, incoming, am_choking) puts ports and the
-"we choke it" / "it connected to us" flags in the -v peer table.
+"we choke it" / "it connected to us" flags in the -v peer table. ``status.note`` (a string or None)
+is shown as one line under the trackers: the hash check's progress, a stall's cause, the -v live
+classification. Each view has `stall(report)` (a core/diagnose.py StallReport): a panel on a terminal,
+plain lines on a pipe, a `stall` record with --json, nothing with --quiet.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from rich.live import Live
 from rich.text import Text
 
 from jstorrent_cli.config import Config
+from jstorrent_cli.core.diagnose import StallReport, report_lines, report_record
 from jstorrent_cli.ui import piecemap
 from jstorrent_cli.ui.format import format_duration, format_rate, format_size
 
@@ -398,6 +402,11 @@ def render_status(status: StatusLike, config: Config, width: int, *, verbose: bo
             text.append(f" ({_count(tracker.seeders)} seeders, {_count(tracker.leechers)} leechers)")
         text.append("\n")
 
+    note = getattr(status, "note", None)
+    if note:
+        text.append("note    ", style="dim")
+        text.append(f"{note}\n", style="yellow")
+
     if verbose:
         _render_peers(text, status, config)
     text.rstrip()
@@ -484,6 +493,11 @@ class RichDisplay:
                     live.update(self.render(poll()))
                 raise
 
+    def stall(self, report: StallReport) -> None:
+        from rich.panel import Panel
+
+        self.console.print(Panel(Text("\n".join(report_lines(report))), title="stall report", border_style="yellow"))
+
     def finish(self, result: ResultLike) -> None:
         lines = summary_lines(result)
         style = "bold green" if result.error is None else "bold red"
@@ -559,6 +573,10 @@ class PlainDisplay:
             await trio.sleep(self._config.plain_interval)
             self._write(plain_line(poll()))
             self.lines += 1
+
+    def stall(self, report: StallReport) -> None:
+        for line in report_lines(report):
+            self._write(line)
 
     def finish(self, result: ResultLike) -> None:
         for line in summary_lines(result):
@@ -658,6 +676,9 @@ class JsonDisplay:
             self._write(progress_record(poll()))
             await trio.sleep(self._config.json_interval)
 
+    def stall(self, report: StallReport) -> None:
+        self._write(report_record(report))
+
     def finish(self, result: ResultLike) -> None:
         self._write(result_record(result))
 
@@ -674,6 +695,9 @@ class QuietDisplay:
 
     async def run(self, poll: Poll) -> None:
         await trio.sleep_forever()
+
+    def stall(self, report: StallReport) -> None:
+        pass  # --quiet: nothing but errors
 
     def finish(self, result: ResultLike) -> None:
         if result.status == RESULT_ERROR:
