@@ -1,0 +1,108 @@
+"""Peers that send corrupt data: banned by IP, never called again, and the download is byte-exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from jstorrent_cli.core import wire
+from jstorrent_cli.tasks import session
+from tests.conftest import assert_payload, free_port
+from tests.hostile.peers import (
+    FAST_CONFIG,
+    HONEST_HOST,
+    HOSTILE_HOST,
+    OUR_HOST,
+    PeerConn,
+    RecordingDisplay,
+    ScriptedPeer,
+    honest_libtorrent_seeder,
+    make_swarm,
+)
+
+DEADLINE = 40
+
+
+async def test_sole_contributor_of_corrupt_pieces_is_banned_and_never_called_again(tmp_path: Path) -> None:
+    swarm = make_swarm(tmp_path)
+    corrupt_pieces: set[int] = set()
+    enough = trio.Event()
+
+    async def liar(conn: PeerConn) -> None:
+        await conn.handshake()
+        await conn.announce_all_and_unchoke()
+        while True:
+            req = await conn.next_of(wire.Request)
+            assert isinstance(req, wire.Request)
+            corrupt_pieces.add(req.index)
+            await conn.send_piece(req, bytes(len(conn.block(req.index, req.begin, req.length))))
+            if len(corrupt_pieces) >= 3:
+                enough.set()
+
+    hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, liar)
+    display = RecordingDisplay()
+    lt_port = free_port(HONEST_HOST)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(hostile.serve)
+
+            async def honest_later() -> None:
+                # The honest seeder comes up only once the liar has sent corrupt pieces, so the liar is
+                # certainly the sole contributor of some of them.
+                await enough.wait()
+                with honest_libtorrent_seeder(swarm, tmp_path, port=lt_port):
+                    await trio.sleep_forever()
+
+            nursery.start_soon(honest_later)
+            result = await session.run(FAST_CONFIG, swarm.torrent, tmp_path / "ours",
+                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt_port)],
+                                       listen_host=OUR_HOST, port=0, display=display)
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok", result
+    assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
+    assert result.hash_failures >= 1
+    assert HOSTILE_HOST in display.banned
+    assert HONEST_HOST not in display.banned
+    # Banned by IP: with a 0.1 s retry, an unbanned address would have been called again many times.
+    assert hostile.connections == 1
+
+
+async def test_liar_sharing_a_piece_is_named_by_block_digests_once_the_piece_passes(tmp_path: Path) -> None:
+    """The liar sends one corrupt block of a piece and hangs up; the rest of the piece comes from the
+    honest seeder, so the failed piece has two contributors. Once the piece passes from the honest
+    seeder alone, comparing per-block digests names the liar: it is banned, the honest one is not."""
+    swarm = make_swarm(tmp_path)
+    lies = 0
+
+    async def one_bad_block_then_hang_up(conn: PeerConn) -> None:
+        nonlocal lies
+        await conn.handshake()
+        await conn.announce_all_and_unchoke()
+        req = await conn.next_of(wire.Request)
+        assert isinstance(req, wire.Request)
+        lies += 1
+        await conn.send_piece(req, b"\xa5" * req.length)
+
+    hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, one_bad_block_then_hang_up)
+    display = RecordingDisplay()
+    at_ban: list[int] = []
+
+    def watch(status: session.SessionStatus) -> None:
+        if HOSTILE_HOST in status.scheduler.banned_ips and not at_ban:
+            at_ban.append(hostile.connections)
+
+    display.on_poll = watch
+    with trio.fail_after(DEADLINE), honest_libtorrent_seeder(swarm, tmp_path, upload_rate=1_000_000) as lt:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(hostile.serve)
+            result = await session.run(FAST_CONFIG, swarm.torrent, tmp_path / "ours",
+                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt.port)],
+                                       listen_host=OUR_HOST, port=0, display=display)
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok", result
+    assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
+    assert lies >= 1 and result.hash_failures >= 1
+    assert HOSTILE_HOST in display.banned, (lies, result)
+    assert HONEST_HOST not in display.banned
+    assert at_ban and hostile.connections == at_ban[0], "a banned IP was called again"
