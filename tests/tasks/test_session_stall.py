@@ -6,7 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -47,7 +47,9 @@ class Recorder:
         self.result = result
 
 
-def _choker(info_hash: bytes, piece_count: int, piece_length: int, total: int) -> Callable[[trio.SocketStream], object]:
+def _choker(
+    info_hash: bytes, piece_count: int, piece_length: int, total: int
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
     """A peer that has every piece, says so, and never unchokes us (it answers nothing else)."""
 
     async def serve(stream: trio.SocketStream) -> None:
@@ -134,7 +136,7 @@ async def test_stall_timeout_ends_the_session_with_status_2(tmp_path: Path) -> N
         took = trio.current_time() - start
     assert result.status == "error"
     assert isinstance(result.exception, StallTimeoutError)
-    assert result.exit_status == ExitStatus.TIMEOUT == 2
+    assert result.exit_status == int(ExitStatus.TIMEOUT) == 2
     assert "--stall-timeout" in (result.error or "")
     assert display.reports  # the stall was reported before it timed out
     assert config.stall_timeout is not None and config.stall_timeout <= took < config.stall_timeout + 2
