@@ -181,6 +181,8 @@ class PeerLink:
         self.am_choking = True
         self.peer_interested = False
         self.close_reason: str | None = None
+        # The most upload requests this peer ever had queued (bounded by Config.upload_queue_per_peer).
+        self.upload_queue_peak = 0
 
     def send_nowait(self, item: Outgoing) -> bool:
         """Queue an item for the writer; a full or closed outbox closes the connection (False)."""
@@ -365,6 +367,8 @@ class _Connection:
                 self.upload_wake.set()
             return
         self.queued[ref] = None
+        if len(self.queued) > self.link.upload_queue_peak:
+            self.link.upload_queue_peak = len(self.queued)
         self.upload_wake.set()
 
     async def uploader(self) -> None:
