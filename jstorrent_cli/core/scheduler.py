@@ -242,6 +242,9 @@ class Scheduler:
         self._suspicion: dict[str, int] = {}
         # piece -> per failed attempt, per block: (ip, digest) of what was delivered
         self._failed_digests: dict[int, list[list[tuple[str, bytes]]]] = {}
+        # Pieces that failed their hash and are not verified yet: one peer at a time fetches them (no
+        # sharing with the owner, no endgame copies), so a liar ends up the sole contributor.
+        self._single_source: set[int] = set()
         self._finished_sent = False
         self._hungry: dict[PeerId, None] = {}
         self._bar_expiries: list[float] = []  # heap: when a bar ends, hungry peers are offered work again
@@ -580,6 +583,7 @@ class Scheduler:
             self._on_verified(piece, fact.block_digests)
             return
         self._hash_failures += 1
+        self._single_source.add(piece)
         self._wasted += picker.piece_size(piece)
         contributors = picker.hashed_bad(piece)
         ips = [c[1] for c in contributors if c is not None]
@@ -599,6 +603,7 @@ class Scheduler:
     def _on_verified(self, piece: int, digests: tuple[bytes, ...] | None) -> None:
         picker = self.picker
         done_peers = picker.hashed_ok(piece)
+        self._single_source.discard(piece)
         self._out.append(SendHave(piece))
         failed = self._failed_digests.pop(piece, None)
         if failed and digests is not None:
@@ -906,6 +911,8 @@ class Scheduler:
                 ap2 = active.get(piece)
                 if ap2 is None or not ap2.n_free or not view.has(piece) or _is_barred(bars, piece, now):
                     continue
+                if piece in self._single_source and ap2.owner is not None:
+                    continue  # a piece that failed its hash stays with the one peer fetching it
                 spare = self._take(peer, ap2, spare)
                 if spare <= 0 or self._budget_full():
                     break
@@ -1005,9 +1012,12 @@ class Scheduler:
             peer.last_progress = now  # the snub clock starts now, unless its last requests timed out
         active = picker.active
         taken: list[tuple[int, int]] = []
+        single = self._single_source
         for key in picker.dupable:
             piece = key[0]
             if key in outstanding or (bitmap is not None and not bitmap[piece]):
+                continue
+            if single and piece in single:
                 continue
             if bars and _is_barred(bars, piece, now):
                 continue

@@ -82,6 +82,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.written: dict[int, set[Key]] = {}  # piece -> blocks the writer confirmed this attempt
         self.hash_queue: list[int] = []
         self.verified: set[int] = set()
+        self.failed: set[int] = set()  # failed a hash, not verified since: fetched from one peer at a time
         self.banned: set[str] = set()
         self.finished = False
         self.handle(m.Tick())
@@ -276,6 +277,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.written.pop(piece, None)
         if ok:
             self.verified.add(piece)
+            self.failed.discard(piece)
+        else:
+            self.failed.add(piece)
         nblocks = -(-self.piece_size(piece) // BS)
         # the good digest of every block is all zeros; a failed attempt has one bad block
         block_digests = tuple(b"\1" * 20 if (not ok and i == liar % nblocks) else bytes(20)
@@ -354,15 +358,15 @@ class SchedulerMachine(RuleBasedStateMachine):
                 received = self.attempt_writes.get(piece, set())
                 free = [k for k in blocks if k not in held and k not in received]
                 started = len(free) < len(blocks)
-                if not free:
-                    continue
+                if not free or (started and piece in self.failed):
+                    continue  # a started piece that failed its hash is left to the one peer fetching it
                 # an idle peer with a FREE block it has, or a spare slot and a started piece with one
                 assert p.outstanding > 0 and not started, (
                     f"peer {p.peer} idle ({p.outstanding}/{p.limit}) while piece {piece} has FREE blocks")
             if snap.endgame:
                 # derived endgame: a spare slot means every block it could duplicate is at max holders
                 for (holder, (piece, begin)) in self.out:
-                    if holder == p.peer or (pieces is not None and piece not in pieces):
+                    if holder == p.peer or (pieces is not None and piece not in pieces) or piece in self.failed:
                         continue
                     if self.s.is_barred(p.peer, piece) or (p.peer, (piece, begin)) in self.out:
                         continue
