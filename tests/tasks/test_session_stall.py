@@ -200,3 +200,66 @@ async def test_sigusr1_dumps_the_state_and_the_download_goes_on(tmp_path: Path) 
     assert "--- jstorrent state of dump" in text
     assert "Stall report" in text and "Peers (0):" in text
     assert "Pieces: 0 of 4 wanted verified, 4 missing" in text
+
+
+async def test_ctrl_c_stops_within_the_grace_when_the_tracker_never_answers_stopped(tmp_path: Path) -> None:
+    import signal
+
+    from jstorrent_cli.core import bencode
+
+    files = random_files(61, [64 * KiB])
+    answered = trio.Event()
+    stopped_seen = trio.Event()
+    requests: list[bytes] = []
+
+    async def tracker(stream: trio.SocketStream) -> None:
+        """Answers the first announce (no peers), then never answers again."""
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            request += chunk
+        requests.append(request)
+        if b"event=stopped" in request:
+            stopped_seen.set()
+        if answered.is_set():
+            await trio.sleep_forever()
+        body = bencode.encode({b"interval": 1800, b"peers": b""})
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                              b"Connection: close\r\n\r\n%s" % (len(body), body))
+        answered.set()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.4")
+            port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, tracker, listeners)
+            data, _ = build_torrent("mute", files, 16 * KiB, trackers=[f"http://127.0.0.4:{port}/announce"])
+            (tmp_path / "t.torrent").write_bytes(data)
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "jstorrent_cli", "get", str(tmp_path / "t.torrent"), "-d", str(tmp_path),
+                 "--listen", "127.0.0.3", "--port", "0", "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            try:
+                assert process.stdout is not None
+                await answered.wait()
+                # One more progress record: the client has read the answer (the tracker is "the last one").
+                out = b""
+                while out.count(b"\n") < 2:
+                    chunk = await process.stdout.receive_some(65536)
+                    assert chunk
+                    out += chunk
+                process.send_signal(signal.SIGINT)
+                sent = trio.current_time()
+                with trio.fail_after(DEFAULT_CONFIG.interrupt_grace):
+                    status = await process.wait()
+                took = trio.current_time() - sent
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            nursery.cancel_scope.cancel()
+    assert status == 130
+    assert stopped_seen.is_set()  # the stopped announce was tried (and got no answer)...
+    assert took < DEFAULT_CONFIG.interrupt_grace  # ...yet the process stopped within the grace
