@@ -229,5 +229,10 @@ class Config:
     # Most rows in the -v peer table (fastest first): max_peers by default, so nobody is hidden.
     peer_table_rows: int = 50
 
+    # --- hostile peers (tasks/connections.py, docs/reliability.md) -------------------------------
+    # Incoming connections take at most this share of max_peers: strangers that connect and idle
+    # cannot take every slot and lock out the peers we call (tests/hostile/test_connection_flood.py).
+    max_incoming_share: float = 0.75
+
 
 DEFAULT_CONFIG = Config()
