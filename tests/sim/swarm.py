@@ -335,6 +335,7 @@ class Simulation:
         self.attempt: dict[int, bytearray] = {}  # piece -> per block: 0 none, 1/2 pending good/bad, 3/4 written
         self.verified = bytearray(n)
         self.verified_count = 0
+        self.failed_once: set[int] = set()  # pieces that failed their hash and are not verified yet
         self.disk_free_at = 0.0
         self.hash_free_at = 0.0
         # results
@@ -454,7 +455,9 @@ class Simulation:
 
         Checked right after a Tick was handled (one scheduling step). FREE here means: the piece is not
         verified and some block of it is neither requested from anyone nor received in this attempt.
-        Pieces the scheduler has barred for that peer (after a REJECT or a timeout) are exempt.
+        Pieces the scheduler has barred for that peer (after a REJECT or a timeout) are exempt, and so is a
+        started piece that failed its hash before: the scheduler leaves it to the one peer fetching it, so
+        that a liar ends up its sole contributor.
         """
         if self.in_flight + self.waiting + self.bs > self.config.max_unflushed_bytes:
             return
@@ -466,8 +469,10 @@ class Simulation:
             taken[piece] = taken.get(piece, 0) + 1
         for piece, state in self.attempt.items():
             taken[piece] = taken.get(piece, 0) + sum(1 for s in state if s)
+        failed = self.failed_once
         free = [p for p in range(self.num_pieces)
-                if not self.verified[p] and taken.get(p, 0) < -(-self.piece_size(p) // self.bs)]
+                if not self.verified[p] and taken.get(p, 0) < -(-self.piece_size(p) // self.bs)
+                and not (p in failed and taken.get(p, 0))]
         is_barred = self.scheduler.is_barred
         for conn in idle:
             known = conn.known
@@ -682,8 +687,10 @@ class Simulation:
                 self.verified[piece] = 1
                 self.verified_count += 1
             self.attempt.pop(piece, None)
+            self.failed_once.discard(piece)
         else:
             self.hash_failures += 1
+            self.failed_once.add(piece)
             self.attempt.pop(piece, None)  # a new attempt: every block may be written once more
         self.feed(fact)
 
