@@ -1,7 +1,8 @@
 """The connection manager of one torrent: which addresses we connect to, and every live link.
 
 Addresses come from trackers and `--peer`; `add_addresses` never blocks. The manager keeps at most
-Config.max_peers connections (outgoing and incoming together), connects with Config.connect_timeout,
+Config.max_peers connections (outgoing and incoming together; incoming ones at most
+Config.max_incoming_share of them, so idle strangers cannot lock out the peers we call), connects with Config.connect_timeout,
 retries a failed address after Config.connect_retry_initial doubling to Config.connect_retry_max,
 tries addresses that worked before first, and never talks to a banned IP (any port).
 
@@ -56,6 +57,7 @@ class ConnectionManager:
         self.downloaded_closed = 0  # payload bytes of links that ended
         self.uploaded_closed = 0
         self.connecting = 0
+        self.incoming = 0  # accepted connections alive now (at most max_peers x max_incoming_share)
         self.accepting = True  # False once the session is stopping
         self.on_empty: Callable[[], None] | None = None  # every connection is gone (re-announce sooner)
         self._ids = itertools.count(1)
@@ -86,6 +88,11 @@ class ConnectionManager:
     def _room(self) -> bool:
         return len(self.links) + self.connecting < self.config.max_peers
 
+    def _incoming_room(self) -> bool:
+        """Room for one more accepted connection: a share of the slots stays for the ones we make."""
+        limit = max(1, int(self.config.max_peers * self.config.max_incoming_share))
+        return self.incoming < limit and self._room()
+
     # -- running connections --
 
     async def _run_link(self, stream: trio.abc.Stream, ip: str, port: int, *, incoming: bool) -> PeerLink:
@@ -106,10 +113,14 @@ class ConnectionManager:
 
     async def accept(self, stream: trio.SocketStream, ip: str, port: int) -> None:
         """The listener's handler: take the connection if there is room and the IP is not banned."""
-        if not self.accepting or ip in self.banned or not self._room():
+        if not self.accepting or ip in self.banned or not self._incoming_room():
             await trio.aclose_forcefully(stream)
             return
-        await self._run_link(stream, ip, port, incoming=True)
+        self.incoming += 1
+        try:
+            await self._run_link(stream, ip, port, incoming=True)
+        finally:
+            self.incoming -= 1
 
     async def _connect(self, address: Address, state: _AddressState) -> None:
         host, port = address
