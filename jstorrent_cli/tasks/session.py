@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import itertools
 import logging
 import os
 import random
@@ -211,11 +212,8 @@ def _first_error(exc: BaseException) -> JsTorrentError | None:
 
 
 def _verified_pieces(verified: bytearray) -> Iterator[int]:
-    """The indexes of the 1 bytes of a picker's one-byte-per-piece array (bytes.find runs in C)."""
-    index = verified.find(1)
-    while index >= 0:
-        yield index
-        index = verified.find(1, index + 1)
+    """The indexes of the 1 bytes of a picker's one-byte-per-piece array (the selection runs in C)."""
+    return itertools.compress(range(len(verified)), bytes(verified))
 
 
 def _live_line(report: StallReport) -> str:
