@@ -28,9 +28,11 @@ The simulator keeps its own model of what the scheduler's commands imply and che
 budget use (requested-not-received + received-not-written, each block once however many holders) never
 above ``Config.max_unflushed_bytes``; no block written twice in one attempt of its piece; no request for a
 block already received or verified, for a piece the peer lacks, or twice to one peer; no command for a
-peer the scheduler was told is gone; HashPiece only for a piece whose blocks are all on disk; at every
-``check_interval`` and at the end, the scheduler's own snapshot agrees with the model; at the end every
+peer the scheduler was told is gone; HashPiece only for a piece whose blocks are all on disk. At every
+``check_interval`` (right after a Tick) the scheduler's own snapshot agrees with the model,
+``Scheduler.check_invariants()`` holds, and liveness rule 6 holds (see ``_check_rule6``). At the end every
 wanted piece is verified, nothing is in flight or waiting for the disk, and Finished came exactly once.
+Whether the download finished (liveness rule 7) and how close to ``lower_bound`` is for the caller to judge.
 
 ``lower_bound(swarm)`` is what no scheduler can beat: the time at which the upload capacity of the peers
 that can deliver good blocks (not silent, not always corrupt; counted only while they are connected and
