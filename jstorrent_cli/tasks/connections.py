@@ -2,7 +2,8 @@
 
 Addresses come from trackers and `--peer`; `add_addresses` never blocks. The manager keeps at most
 Config.max_peers connections (outgoing and incoming together; incoming ones at most
-Config.max_incoming_share of them, so idle strangers cannot lock out the peers we call), connects with Config.connect_timeout,
+Config.max_incoming_share of them, so idle strangers cannot lock out the peers we call),
+connects with Config.connect_timeout,
 retries a failed address after Config.connect_retry_initial doubling to Config.connect_retry_max,
 tries addresses that worked before first, and never talks to a banned IP (any port).
 

@@ -14,6 +14,8 @@ Each target records how many inputs it ran in `RUNS` and prints it at the end of
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import struct
@@ -64,7 +66,8 @@ bvalues: st.SearchStrategy[bencode.Value] = st.recursive(
 
 def _torrent_bytes(files: int, piece_length: int) -> bytes:
     payload = bytes(range(256)) * (files * 40)
-    hashes = b"".join(hashlib.sha1(payload[i : i + piece_length]).digest() for i in range(0, len(payload), piece_length))
+    hashes = b"".join(hashlib.sha1(payload[i : i + piece_length]).digest()
+                      for i in range(0, len(payload), piece_length))
     per = len(payload) // files
     info: dict[bytes, bencode.Value] = {
         b"name": b"seed",
@@ -101,10 +104,8 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
 
 def _check(target: str, call: Callable[[], object], *allowed: type[BaseException]) -> None:
     RUNS[target] += 1
-    try:
+    with contextlib.suppress(*allowed):
         call()
-    except allowed:
-        pass
 
 
 # --- bencode ------------------------------------------------------------------------------------
@@ -246,9 +247,9 @@ def test_udp_tracker_replies_raise_only_tracker_error(data: bytes, tid: int, ipv
                                                       action: int) -> None:
     framed = struct.pack(">II", action, tid) + data  # most replies pass the header check and reach the body
     for packet in (data, framed):
-        _check("tracker-udp", lambda p=packet: announce.parse_udp_connect(p, tid), TrackerError)
-        _check("tracker-udp", lambda p=packet: announce.parse_udp_announce(p, tid, ipv6=ipv6), TrackerError)
-        _check("tracker-udp", lambda p=packet: announce.parse_udp_scrape(p, tid, count), TrackerError)
+        _check("tracker-udp", functools.partial(announce.parse_udp_connect, packet, tid), TrackerError)
+        _check("tracker-udp", functools.partial(announce.parse_udp_announce, packet, tid, ipv6=ipv6), TrackerError)
+        _check("tracker-udp", functools.partial(announce.parse_udp_scrape, packet, tid, count), TrackerError)
 
 
 # --- magnet URIs --------------------------------------------------------------------------------

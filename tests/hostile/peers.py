@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from jstorrent_cli.config import DEFAULT_CONFIG, KiB, MiB, Config
+from jstorrent_cli.config import DEFAULT_CONFIG, KiB, MiB
 from jstorrent_cli.core import wire
 from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.tasks import session
@@ -65,7 +65,7 @@ class Swarm:
 
 
 def make_swarm(root: Path, *, size: int = 2 * MiB + 777, piece_length: int = 32 * KiB, seed: int = 8) -> Swarm:
-    files = [(("hostile.bin",), random_files(seed, [size])[0][1])]
+    files: list[FileSpec] = [(("hostile.bin",), random_files(seed, [size])[0][1])]
     data, torrent = build_torrent("hostile.bin", files, piece_length, single=True)
     write_payload(root / "seed", "hostile.bin", files, single=True)
     return Swarm("hostile.bin", files, data, torrent, files[0][1])

@@ -114,7 +114,7 @@ async def test_peer_that_unchokes_and_never_sends_a_block(tmp_path: Path) -> Non
                 requested += 1
 
     with trio.fail_after(DEADLINE):
-        result, hostile, display = await _download_beside(tmp_path, silent)
+        result, _, display = await _download_beside(tmp_path, silent)
     assert requested >= 1, "the silent peer was never asked: it tested nothing"
     assert result.hash_failures == 0
     assert HOSTILE_HOST not in display.banned  # silence is not a lie
@@ -136,7 +136,7 @@ async def test_peer_that_trickles_one_byte_a_second(tmp_path: Path) -> None:
             await trio.sleep(1.0)
 
     with trio.fail_after(DEADLINE):
-        result, hostile, display = await _download_beside(tmp_path, trickler)
+        result, _, _ = await _download_beside(tmp_path, trickler)
     assert trickled >= 1
     assert result.hash_failures == 0
     # The download did not wait for the trickler: its one block would take ~4.5 hours.

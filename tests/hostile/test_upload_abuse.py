@@ -19,6 +19,7 @@ import trio
 from jstorrent_cli.config import KiB, MiB
 from jstorrent_cli.core import wire
 from jstorrent_cli.tasks import connections, session
+from jstorrent_cli.tasks import peer as peer_task
 from jstorrent_cli.tasks.peer import PeerLink, TorrentContext
 from tests.conftest import assert_payload
 from tests.hostile.peers import (
@@ -39,7 +40,7 @@ SEED_CONFIG = dataclasses.replace(FAST_CONFIG, choke_interval=0.2, upload_queue_
 @pytest.fixture
 def links(monkeypatch: pytest.MonkeyPatch) -> list[PeerLink]:
     seen: list[PeerLink] = []
-    real = connections.run_peer
+    real = peer_task.run_peer
 
     async def recording(stream: trio.abc.Stream, link: PeerLink, ctx: TorrentContext) -> None:
         seen.append(link)
