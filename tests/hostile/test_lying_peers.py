@@ -106,3 +106,38 @@ async def test_liar_sharing_a_piece_is_named_by_block_digests_once_the_piece_pas
     assert HOSTILE_HOST in display.banned, (lies, result)
     assert HONEST_HOST not in display.banned
     assert at_ban and hostile.connections == at_ban[0], "a banned IP was called again"
+
+
+async def test_unsolicited_whole_blocks_of_garbage_never_reach_the_output(tmp_path: Path) -> None:
+    """Aligned, right-sized blocks it was never asked for (every block of the torrent, zeroed) are
+    thrown away or, when they land in a block another peer was asked for, caught by the hash check:
+    the output is exact either way, and the honest seeder is never blamed."""
+    swarm = make_swarm(tmp_path)
+    pushed = 0
+
+    async def pusher(conn: PeerConn) -> None:
+        nonlocal pushed
+        await conn.handshake()
+        await conn.announce_all_and_unchoke()
+        torrent = conn.torrent
+        for start in range(0, torrent.total_length, 16 * 1024):
+            index, begin = divmod(start, torrent.piece_length)
+            length = len(conn.block(index, begin, 16 * 1024))
+            await conn.send(wire.encode(wire.Piece(index, begin, bytes(length))))
+            pushed += 1
+        await conn.wait_closed()
+
+    hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, pusher)
+    display = RecordingDisplay()
+    with trio.fail_after(DEADLINE), honest_libtorrent_seeder(swarm, tmp_path, upload_rate=1_000_000) as lt:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(hostile.serve)
+            result = await session.run(FAST_CONFIG, swarm.torrent, tmp_path / "ours",
+                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt.port)],
+                                       listen_host=OUR_HOST, port=0, display=display)
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok", result
+    assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
+    assert pushed >= 1
+    assert result.wasted_bytes > 0  # the unsolicited data was counted as waste, not written
+    assert HONEST_HOST not in display.banned
