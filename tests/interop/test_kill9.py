@@ -114,8 +114,10 @@ async def test_kill9_mid_download_then_rerun_fetches_only_what_was_not_verified(
                 status, finished = await _run_get(cmd, None)
                 assert status == 0, kills
             nursery.cancel_scope.cancel()
-    # The kills landed mid-transfer: the last run started with part of the data recorded, not all, not none.
-    assert 0 < len(recorded) < torrent.piece_count, kills
+    # A kill landed mid-transfer (part of the data recorded, not all, not none), and the last run started
+    # from what the kills left (a kill may land after the last piece, while the process is exiting).
+    assert any(0 < after < torrent.piece_count for _, _, after in kills), kills
+    assert recorded, kills
     result = finished[-1]
     assert result["event"] == "result" and result["ok"], result
     assert int(result["downloaded_bytes"]) <= missing, (result, missing, kills)  # type: ignore[call-overload]
