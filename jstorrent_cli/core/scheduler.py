@@ -240,6 +240,7 @@ class Scheduler:
         self._hash_failures = 0
         self._banned: set[str] = set()
         self._suspicion: dict[str, int] = {}
+        self._shared_failures: list[set[str]] = []  # contributor IPs of failed pieces that raised suspicion
         # piece -> per failed attempt, per block: (ip, digest) of what was delivered
         self._failed_digests: dict[int, list[list[tuple[str, bytes]]]] = {}
         # Pieces that failed their hash and are not verified yet: one peer at a time fetches them (no
@@ -590,14 +591,17 @@ class Scheduler:
         if fact.block_digests is not None and len(fact.block_digests) == len(ips):
             self._failed_digests.setdefault(piece, []).append(list(zip(ips, fact.block_digests, strict=True)))
         distinct = set(ips)
-        if len(distinct) == 1:
+        if distinct & self._banned:
+            pass  # an IP banned since delivered part of it: that explains the failure, blame no one else
+        elif len(distinct) == 1:
             self._ban(distinct.pop(), f"sole contributor of piece {piece}, which failed its hash")
         else:
-            for ip in sorted(distinct):
-                count = self._suspicion.get(ip, 0) + 1
-                self._suspicion[ip] = count
-                if count >= self.config.hash_fail_ban_threshold:
-                    self._ban(ip, f"contributed to {count} pieces that failed their hash")
+            self._shared_failures.append(distinct)
+            for ip in distinct:
+                self._suspicion[ip] = self._suspicion.get(ip, 0) + 1
+            threshold = self.config.hash_fail_ban_threshold
+            for ip in sorted(ip for ip in distinct if self._suspicion[ip] >= threshold):
+                self._ban(ip, f"contributed to {self._suspicion[ip]} pieces that failed their hash")
         self._wake = True
 
     def _on_verified(self, piece: int, digests: tuple[bytes, ...] | None) -> None:
@@ -792,6 +796,16 @@ class Scheduler:
         self._tail.append(BanPeer(ip, reason))
         for peer in [p for p in self._peers.values() if p.ip == ip]:
             self._drop(peer, f"banned: {reason}")
+        # The failures this IP shared with others are now explained: forgive the others' points for
+        # them, so a liar's blocks left in other pieces cannot walk an honest peer to a ban.
+        kept = []
+        for failure in self._shared_failures:
+            if ip in failure:
+                for other in failure - self._banned:
+                    self._suspicion[other] -= 1
+            else:
+                kept.append(failure)
+        self._shared_failures = kept
 
     # --- making requests -------------------------------------------------------------------------------
 

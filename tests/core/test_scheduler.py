@@ -598,3 +598,32 @@ def test_random_swarm_always_finishes(num_pieces: int, blocks: int, rates: list[
     assert finished, s.snapshot()
     snap = s.snapshot()
     assert snap.done_bytes == snap.total_bytes and snap.bytes_in_flight == snap.bytes_waiting_for_disk == 0
+
+
+def test_a_banned_liars_leftover_blocks_do_not_count_against_honest_peers() -> None:
+    # The honest peer shares one failed piece with a liar; once the liar is banned that point is forgiven.
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1,
+                                 hash_fail_ban_threshold=2, endgame_max_dups=1,
+                                 partial_pieces_per_peer=0.5, partial_pieces_bytes=BS)
+    s = make(num_pieces=3, blocks=2, config=config)
+    pending = {0: requests(join(s, 0, have_all=True, reqq=1), 0),
+               1: requests(join(s, 1, have_all=True, reqq=1), 1)}
+    contributors: dict[int, set[int]] = {}
+    # piece A: shared between the liar (peer 0) and the honest peer 1; it fails: one point each
+    a, now = run_until_hashed(s, pending, 0.0, contributors)
+    assert contributors.pop(a) == {0, 1}
+    out = s.handle(m.PieceHashed(a, False), now)
+    assert not [c for c in out if isinstance(c, m.BanPeer)]
+    # the liar is then caught alone on another piece: banned, and peer 1's point for A is forgiven
+    out += s.handle(m.PeerGone(1), now)
+    s.handle(m.Tick(), now)
+    pending = {0: requests(out, 0) + pending.get(0, [])}
+    b, now = run_until_hashed(s, pending, now, contributors)
+    assert contributors.pop(b) == {0}
+    out = s.handle(m.PieceHashed(b, False), now)
+    assert [c.ip for c in out if isinstance(c, m.BanPeer)] == ["127.0.0.2"]
+    # peer 1 comes back: one more shared failure with the (banned) liar's old blocks costs it nothing,
+    # and a failure it shares with a new peer is its first point, not its second
+    assert s._suspicion.get("127.0.0.3", 0) == 0
+    s.handle(m.PeerJoined(5, "127.0.0.3", have_all=True), now)
+    assert "127.0.0.3" not in s.snapshot().banned_ips
