@@ -240,7 +240,8 @@ class Scheduler:
         self._hash_failures = 0
         self._banned: set[str] = set()
         self._suspicion: dict[str, int] = {}
-        self._shared_failures: list[set[str]] = []  # contributor IPs of failed pieces that raised suspicion
+        # (piece, contributor IPs still charged) of each failed attempt that raised suspicion
+        self._shared_failures: list[tuple[int, set[str]]] = []
         # piece -> per failed attempt, per block: (ip, digest) of what was delivered
         self._failed_digests: dict[int, list[list[tuple[str, bytes]]]] = {}
         # Pieces that failed their hash and are not verified yet: one peer at a time fetches them (no
@@ -596,7 +597,7 @@ class Scheduler:
         elif len(distinct) == 1:
             self._ban(distinct.pop(), f"sole contributor of piece {piece}, which failed its hash")
         else:
-            self._shared_failures.append(distinct)
+            self._shared_failures.append((piece, set(distinct)))
             for ip in distinct:
                 self._suspicion[ip] = self._suspicion.get(ip, 0) + 1
             threshold = self.config.hash_fail_ban_threshold
@@ -606,6 +607,15 @@ class Scheduler:
 
     def _on_verified(self, piece: int, digests: tuple[bytes, ...] | None) -> None:
         picker = self.picker
+        sources = {c[1] for c in picker.active[piece].contributors if c is not None}
+        if len(sources) == 1 and self._shared_failures:
+            # One IP delivered this whole good piece: its point for an earlier failed attempt of the
+            # same piece is forgiven (without digests nothing better tells the liar from the honest).
+            source = next(iter(sources))
+            for failed_piece, charged in self._shared_failures:
+                if failed_piece == piece and source in charged:
+                    charged.discard(source)
+                    self._suspicion[source] -= 1
         done_peers = picker.hashed_ok(piece)
         self._single_source.discard(piece)
         self._out.append(SendHave(piece))
@@ -799,12 +809,12 @@ class Scheduler:
         # The failures this IP shared with others are now explained: forgive the others' points for
         # them, so a liar's blocks left in other pieces cannot walk an honest peer to a ban.
         kept = []
-        for failure in self._shared_failures:
-            if ip in failure:
-                for other in failure - self._banned:
+        for piece, charged in self._shared_failures:
+            if ip in charged:
+                for other in charged - self._banned:
                     self._suspicion[other] -= 1
             else:
-                kept.append(failure)
+                kept.append((piece, charged))
         self._shared_failures = kept
 
     # --- making requests -------------------------------------------------------------------------------

@@ -627,3 +627,24 @@ def test_a_banned_liars_leftover_blocks_do_not_count_against_honest_peers() -> N
     assert s._suspicion.get("127.0.0.3", 0) == 0
     s.handle(m.PeerJoined(5, "127.0.0.3", have_all=True), now)
     assert "127.0.0.3" not in s.snapshot().banned_ips
+
+
+def test_a_good_single_source_retry_forgives_its_source() -> None:
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1, endgame_max_dups=1,
+                                 partial_pieces_per_peer=0.5, partial_pieces_bytes=BS)
+    s = make(num_pieces=1, blocks=2, config=config)
+    pending = {0: requests(join(s, 0, have_all=True, reqq=1), 0),
+               1: requests(join(s, 1, have_all=True, reqq=1), 1)}
+    contributors: dict[int, set[int]] = {}
+    piece, now = run_until_hashed(s, pending, 0.0, contributors)
+    assert contributors.pop(piece) == {0, 1}
+    out = s.handle(m.PieceHashed(piece, False), now)
+    assert s._suspicion == {"127.0.0.2": 1, "127.0.0.3": 1}
+    for c in out:
+        if isinstance(c, m.SendRequests):
+            pending[c.peer].extend(c.requests)  # type: ignore[index]
+    piece, now = run_until_hashed(s, pending, now, contributors)
+    [source] = contributors[piece]
+    s.handle(m.PieceHashed(piece, True), now)
+    ip = f"127.0.0.{source + 2}"
+    assert s._suspicion[ip] == 0 and s._suspicion[f"127.0.0.{3 - source}"] == 1
