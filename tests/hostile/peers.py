@@ -23,12 +23,13 @@ import math
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import pytest
 import trio
 
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB, MiB
 from jstorrent_cli.core import wire
 from jstorrent_cli.core.metainfo import Torrent
-from jstorrent_cli.tasks import session
+from jstorrent_cli.tasks import connections, session
 from tests.conftest import FileSpec, build_torrent, random_files, write_payload
 from tests.interop.libtorrent_fixture import LibtorrentPeer, libtorrent_peer
 
@@ -146,6 +147,7 @@ class ScriptedPeer:
         self.payload = payload
         self.script = script
         self.connections = 0
+        self.connected_at: list[float] = []  # trio clock
         self.conns: list[PeerConn] = []
         self.port = 0
 
@@ -157,6 +159,7 @@ class ScriptedPeer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
+        self.connected_at.append(trio.current_time())
         conn = PeerConn(stream, self.torrent, self.payload)
         self.conns.append(conn)
         with contextlib.suppress(EOFError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -200,6 +203,24 @@ def honest_libtorrent_seeder(swarm: Swarm, root: Path, *, upload_rate: int = 0,
             peer.session.apply_settings({"upload_rate_limit": upload_rate})
         peer.add(swarm.data, root / "seed", seed=True)
         yield peer
+
+
+class BanRecorder:
+    """Every ban the session's connection manager takes, with its trio time (wraps ConnectionManager.ban)."""
+
+    def __init__(self) -> None:
+        self.bans: dict[str, float] = {}
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> BanRecorder:
+        real = connections.ConnectionManager.ban
+        bans = self.bans
+
+        def ban(manager: connections.ConnectionManager, ip: str) -> None:
+            bans.setdefault(ip, trio.current_time())
+            real(manager, ip)
+
+        monkeypatch.setattr(connections.ConnectionManager, "ban", ban)
+        return self
 
 
 def sha1(data: bytes) -> bytes:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import trio
 
 from jstorrent_cli.core import wire
@@ -14,6 +16,7 @@ from tests.hostile.peers import (
     HONEST_HOST,
     HOSTILE_HOST,
     OUR_HOST,
+    BanRecorder,
     PeerConn,
     RecordingDisplay,
     ScriptedPeer,
@@ -24,7 +27,11 @@ from tests.hostile.peers import (
 DEADLINE = 40
 
 
-async def test_sole_contributor_of_corrupt_pieces_is_banned_and_never_called_again(tmp_path: Path) -> None:
+async def test_sole_contributor_of_corrupt_pieces_is_banned_and_never_called_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jstorrent")
+    bans = BanRecorder().install(monkeypatch)
     swarm = make_swarm(tmp_path)
     corrupt_pieces: set[int] = set()
     enough = trio.Event()
@@ -62,37 +69,41 @@ async def test_sole_contributor_of_corrupt_pieces_is_banned_and_never_called_aga
     assert result.status == "ok", result
     assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
     assert result.hash_failures >= 1
-    assert HOSTILE_HOST in display.banned
-    assert HONEST_HOST not in display.banned
+    assert HOSTILE_HOST in bans.bans
+    assert HONEST_HOST not in bans.bans and HONEST_HOST not in display.banned
     # Banned by IP: with a 0.1 s retry, an unbanned address would have been called again many times.
     assert hostile.connections == 1
+    assert any(f"banning {HOSTILE_HOST}: sole contributor" in r.getMessage() for r in caplog.records), caplog.text
 
 
-async def test_liar_sharing_a_piece_is_named_by_block_digests_once_the_piece_passes(tmp_path: Path) -> None:
+async def test_liar_sharing_a_piece_is_named_by_block_digests_once_the_piece_passes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The liar sends one corrupt block of a piece and hangs up; the rest of the piece comes from the
     honest seeder, so the failed piece has two contributors. Once the piece passes from the honest
     seeder alone, comparing per-block digests names the liar: it is banned, the honest one is not."""
-    swarm = make_swarm(tmp_path)
+    swarm = make_swarm(tmp_path, piece_length=64 * 1024)  # four blocks a piece: room to share it
     lies = 0
 
     async def one_bad_block_then_hang_up(conn: PeerConn) -> None:
+        """First connection: one corrupt block, then hang up. Later ones: announce everything and
+        never send a block, so the rest of that piece (and its retry) can only come from the honest
+        seeder."""
         nonlocal lies
         await conn.handshake()
         await conn.announce_all_and_unchoke()
+        if lies:
+            await conn.wait_closed()
+            return
         req = await conn.next_of(wire.Request)
         assert isinstance(req, wire.Request)
         lies += 1
         await conn.send_piece(req, b"\xa5" * req.length)
 
+    caplog.set_level(logging.WARNING, logger="jstorrent")
     hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, one_bad_block_then_hang_up)
     display = RecordingDisplay()
-    at_ban: list[int] = []
-
-    def watch(status: session.SessionStatus) -> None:
-        if HOSTILE_HOST in status.scheduler.banned_ips and not at_ban:
-            at_ban.append(hostile.connections)
-
-    display.on_poll = watch
+    bans = BanRecorder().install(monkeypatch)
     with trio.fail_after(DEADLINE), honest_libtorrent_seeder(swarm, tmp_path, upload_rate=1_000_000) as lt:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(hostile.serve)
@@ -103,9 +114,11 @@ async def test_liar_sharing_a_piece_is_named_by_block_digests_once_the_piece_pas
     assert result.status == "ok", result
     assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
     assert lies >= 1 and result.hash_failures >= 1
-    assert HOSTILE_HOST in display.banned, (lies, result)
-    assert HONEST_HOST not in display.banned
-    assert at_ban and hostile.connections == at_ban[0], "a banned IP was called again"
+    assert HOSTILE_HOST in bans.bans, (lies, result)
+    assert HONEST_HOST not in bans.bans and HONEST_HOST not in display.banned
+    assert all(t <= bans.bans[HOSTILE_HOST] for t in hostile.connected_at), "a banned IP was called again"
+    # Named by the per-block digests, not as a sole contributor, and not by suspicion alone.
+    assert any(f"banning {HOSTILE_HOST}: sent a corrupt block" in r.getMessage() for r in caplog.records), caplog.text
 
 
 async def test_unsolicited_whole_blocks_of_garbage_never_reach_the_output(tmp_path: Path) -> None:
