@@ -571,7 +571,9 @@ class PlainDisplay:
     async def run(self, poll: Poll) -> None:
         while True:
             await trio.sleep(self._config.plain_interval)
-            self._write(plain_line(poll()))
+            status = poll()
+            note = getattr(status, "note", None)
+            self._write(plain_line(status) + (f" {note}" if note else ""))
             self.lines += 1
 
     def stall(self, report: StallReport) -> None:
