@@ -29,10 +29,10 @@ from tests.conftest import assert_payload, build_torrent, random_files, write_pa
 DEADLINE = 90
 KILLS = 3
 PIECE = 32 * KiB
-SIZE = 6 * 1024 * KiB
-RATE = 1024 * KiB  # the seeder's upload limit: about 6 s for the whole payload
+SIZE = 8 * 1024 * KiB
+RATE = 1024 * KiB  # the seeder's upload limit: about 8 s for the whole payload
 # A kill lands this long after the run started reporting; past the first save (Config.resume_save_interval).
-KILL_AFTER = (1.2, 2.2)
+KILL_AFTER = (1.5, 2.5)
 
 
 def _missing_bytes(folder: Path, torrent: Torrent) -> tuple[int, frozenset[int]]:
