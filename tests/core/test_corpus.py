@@ -29,10 +29,6 @@ CORPUS = Path(__file__).resolve().parent.parent / "data" / "torrents"
 FILES = sorted(CORPUS.glob("*.torrent"))
 CORPUS_SIZE = 108  # files in libtorrent's corpus as copied here
 
-# Files libtorrent accepts and we refuse on purpose. Each entry is asserted precisely below.
-# large_piece_size.torrent: piece length 32767 x 16 KiB (~512 MiB) is over Config.max_piece_length
-# (256 MiB); the corpus notes allow a downloader to refuse such pieces with a clear message.
-REFUSED_ON_PURPOSE = {"large_piece_size.torrent"}
 # Names over Config.max_path_element_bytes: libtorrent cuts them at 240 bytes plus the extension
 # (249 here), we cut them to 240 bytes in all so a ".N" rename still fits the usual 255-byte limit.
 CUT_DIFFERENTLY = {"long_name.torrent"}
@@ -120,10 +116,6 @@ def test_corpus_file(path: Path, tmp_path: Path) -> None:
     if verdict.accepted and verdict.v1_hex is None:
         assert error is not None and "v2-only" in str(error), path.name
         return
-    if path.name in REFUSED_ON_PURPOSE:
-        assert verdict.accepted and verdict.piece_length > DEFAULT_CONFIG.max_piece_length
-        assert error is not None and "piece length" in str(error)
-        return
     if not verdict.accepted:
         assert error is not None, f"{path.name}: libtorrent rejects it, we accepted it"
         return
@@ -151,15 +143,15 @@ def test_corpus_file(path: Path, tmp_path: Path) -> None:
     assert_paths_stay_inside(torrent, tmp_path)
 
 
-def test_refused_on_purpose_are_only_refused_for_their_reason() -> None:
-    """With the piece-length cap lifted, the files we refuse on purpose load like libtorrent's."""
-    lifted = dataclasses.replace(DEFAULT_CONFIG, max_piece_length=2**31)
-    for name in REFUSED_ON_PURPOSE:
-        data = (CORPUS / name).read_bytes()
-        verdict = libtorrent_verdict(data)
-        torrent = parse(data, lifted)
-        assert torrent.info_hash_hex == verdict.v1_hex
-        assert len(torrent.files) == verdict.num_files
+def test_the_largest_piece_length_in_the_corpus_loads() -> None:
+    """32767 x 16 KiB pieces: accepted like libtorrent does; one more byte of piece length is not."""
+    data = (CORPUS / "large_piece_size.torrent").read_bytes()
+    torrent = parse(data)
+    assert torrent.piece_length == 32767 * 16384 <= DEFAULT_CONFIG.max_piece_length
+    assert torrent.info_hash_hex == libtorrent_verdict(data).v1_hex
+    tighter = dataclasses.replace(DEFAULT_CONFIG, max_piece_length=torrent.piece_length - 1)
+    with pytest.raises(MetainfoError, match="piece length"):
+        parse(data, tighter)
 
 
 def test_sanitised_paths_match_libtorrent_notes() -> None:
