@@ -596,6 +596,8 @@ class Scheduler:
             pass  # an IP banned since delivered part of it: that explains the failure, blame no one else
         elif len(distinct) == 1:
             self._ban(distinct.pop(), f"sole contributor of piece {piece}, which failed its hash")
+        elif piece in self._failed_digests and fact.block_digests is not None:
+            pass  # the digests name the liar when the piece passes; the retry has a single source
         else:
             self._shared_failures.append((piece, set(distinct)))
             for ip in distinct:
