@@ -402,16 +402,10 @@ def test_catches_an_idle_unchoking_peer() -> None:
     assert any("rule 6" in v and "127.0.0.3" in v for v in result.violations), result.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "scheduler bug: a banned liar's blocks stay in unverified pieces, and the failures they cause count "
-    "against the honest peer that completes those pieces. Here three liars are each banned as the sole "
-    "contributor of one piece (0.54 s, 3.32 s, 3.55 s) while each had left bad blocks in another partial "
-    "piece (5, 6, 8) that the honest 127.0.0.2 (73 KB/s, the only holder of pieces 1, 2, 6, 11, 18) "
-    "completed; pieces 5, 6 and 8 fail with contributors {banned liar, 127.0.0.2}, so 127.0.0.2 reaches "
-    "hash_fail_ban_threshold and is banned at 11.9 s: the download never finishes. Blocks from an IP "
-    "banned since should be released (FREE) at the ban, or a failure with a banned contributor should "
-    "not raise the others' suspicion. Found by the hypothesis swarm property (shrunk by hand; exact floats "
-    "kept: the run is chaotic)."))
+# Regression (found by the hypothesis swarm property, fixed in 0f22565 and d352773): a banned liar's
+# blocks stayed in unverified pieces and the failures they caused counted against the honest peer
+# that completed those pieces, until it was banned too and the download never finished. Exact floats
+# kept: the run is chaotic.
 def test_banned_liars_blocks_do_not_get_an_honest_peer_banned() -> None:
     peers = (
         PeerSpec("127.0.0.8", 963779.9431900702, latency=0.1919445387481818, silent=True),

@@ -83,19 +83,16 @@ ALL_KINDS = ("silent", "corrupt", "flaky-liar", "honest")
 
 
 @st.composite
-def swarms(draw: st.DrawFn, *, available: bool, known_bugs: bool = True) -> Swarm:
+def swarms(draw: st.DrawFn, *, available: bool) -> Swarm:
     """Random swarms. `available`: honest permanent anchors hold every piece between them.
 
-    known_bugs=False leaves out what triggers the scheduler bug documented by a strict xfail in
-    test_swarm.py (test_banned_liars_blocks_do_not_get_an_honest_peer_banned): liars on multi-block
-    pieces, whose blocks left in partial pieces can get an honest peer banned. Lift it when fixed.
+    Liars on multi-block pieces are included: a banned liar's blocks left in partial pieces once got
+    an honest peer banned (test_swarm.py, test_banned_liars_blocks_do_not_get_an_honest_peer_banned).
     """
     piece_length, total = draw(torrents())
     n = -(-total // piece_length)
     budget_blocks = draw(st.integers(1, 512))
     kinds: tuple[str, ...] = ALL_KINDS
-    if not known_bugs:
-        kinds = tuple(k for k in kinds if k not in ("corrupt", "flaky-liar") or piece_length == BS)
     peers: list[PeerSpec] = []
     address = iter(range(2, 250))
     if available:
@@ -149,7 +146,7 @@ def check_finishes(swarm: Swarm) -> None:
 
 
 @PROPERTY_SETTINGS
-@given(swarm=swarms(available=True, known_bugs=False))
+@given(swarm=swarms(available=True))
 def test_available_swarm_always_finishes(swarm: Swarm) -> None:
     check_finishes(swarm)
 
