@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import errno
 import hashlib
+import itertools
 import os
 import stat
 import threading
@@ -44,6 +45,7 @@ Written: TypeAlias = tuple[int, int, int]
 # os.pwritev / os.pread shapes; injectable so tests can count calls and simulate failing disks.
 PWritev: TypeAlias = Callable[[int, Sequence[memoryview], int], int]
 PRead: TypeAlias = Callable[[int, int, int], bytes]
+FSync: TypeAlias = Callable[[int], None]
 
 ALLOCATION_MODES = ("none", "sparse", "full")
 
@@ -136,20 +138,35 @@ def _map_error(err: OSError, action: str, path: str, *, creating: bool) -> Stora
 class _Handles:
     """A bounded LRU cache of open descriptors, shared by worker threads.
 
-    A descriptor in use by a thread is never closed under it: eviction skips it (the cache may
-    exceed its bound for as long as every entry is in use) and `close` defers it to the release.
+    A descriptor in use by a thread (pinned by `acquire` until `release`) is never closed under
+    it: eviction skips it (the cache may exceed its bound for as long as every entry is in use) and
+    `close` defers it to the release. A descriptor evicted with writes not yet flushed is fsynced
+    before it is closed (outside the lock, by the thread that evicted it), and `sync_all` waits for
+    such flushes, so a resume state saved after `sync_all` never lists data that is not durable.
     """
 
-    def __init__(self, capacity: int, opener: Callable[[int], int], names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        opener: Callable[[int], int],
+        names: Sequence[str],
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
         self._capacity = max(1, capacity)
         self._opener = opener
         self._names = names
+        self._fsync = fsync
         self._lock = threading.Lock()
+        self._retired = threading.Condition(self._lock)
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._users: dict[int, int] = {}
+        self._dirty: set[int] = set()  # indexes written since their last fsync
+        self._tickets = itertools.count()
+        self._retiring: set[int] = set()  # tickets of evicted descriptors being flushed and closed
         self._closed = False
 
     def acquire(self, index: int) -> int:
+        """The descriptor of file `index`, opened if needed and pinned until `release(index)`."""
         with self._lock:
             if self._closed:
                 raise StorageError("storage is closed")
@@ -161,11 +178,19 @@ class _Handles:
             else:
                 self._fds.move_to_end(index)
             self._users[index] = self._users.get(index, 0) + 1
-            self._trim()
-            return fd
+            evicted = self._evict()
+        try:
+            self._retire(evicted)
+        except BaseException:
+            self.release(index)
+            raise
+        return fd
 
-    def release(self, index: int) -> None:
+    def release(self, index: int, *, wrote: bool = False) -> None:
+        """Unpin file `index`; `wrote` records that the holder wrote to it (an fsync is owed)."""
         with self._lock:
+            if wrote:
+                self._dirty.add(index)
             left = self._users[index] - 1
             if left:
                 self._users[index] = left
@@ -173,24 +198,78 @@ class _Handles:
                 del self._users[index]
             if self._closed and not left:
                 self._close(index)
-            self._trim()
+            evicted = self._evict()
+        self._retire(evicted)
 
-    def open_now(self) -> list[int]:
+    def sync_all(self) -> None:
+        """fsync every file written since its last fsync, each pinned while it is flushed."""
         with self._lock:
-            return list(self._fds.values())
+            # Evicted descriptors still being flushed hold writes made before this sync.
+            pending = set(self._retiring)
+            self._retired.wait_for(lambda: not pending & self._retiring)
+            pinned = [(index, self._fds[index]) for index in self._dirty if index in self._fds]
+            for index, _ in pinned:
+                self._users[index] = self._users.get(index, 0) + 1
+            # Cleared before the fsync: a write finishing during it marks its file again.
+            self._dirty.clear()
+        failure: StorageError | None = None
+        try:
+            for index, fd in pinned:
+                try:
+                    self._fsync(fd)
+                except OSError as err:
+                    with self._lock:
+                        self._dirty.add(index)
+                    if failure is None:
+                        failure = _map_error(err, "flush", self._names[index], creating=False)
+        finally:
+            for index, _ in pinned:
+                self.release(index)
+        if failure is not None:
+            raise failure
 
     @property
     def count(self) -> int:
         with self._lock:
             return len(self._fds)
 
-    def _trim(self) -> None:
+    def _evict(self) -> list[tuple[int, int, bool, int]]:
+        """Take least recently used unpinned descriptors out of the cache while it is over its
+        bound: `(index, fd, dirty, ticket)` for `_retire` to flush and close outside the lock."""
+        evicted: list[tuple[int, int, bool, int]] = []
         if len(self._fds) <= self._capacity:
-            return
+            return evicted
         for index in [i for i in self._fds if i not in self._users]:
             if len(self._fds) <= self._capacity:
                 break
-            self._close(index)
+            dirty = index in self._dirty
+            self._dirty.discard(index)
+            ticket = next(self._tickets)
+            self._retiring.add(ticket)
+            evicted.append((index, self._fds.pop(index), dirty, ticket))
+        return evicted
+
+    def _retire(self, evicted: list[tuple[int, int, bool, int]]) -> None:
+        """fsync (if written since the last fsync) and close evicted descriptors; raise the first
+        failure once all of them are closed."""
+        failure: StorageError | None = None
+        for index, fd, dirty, ticket in evicted:
+            try:
+                if dirty:
+                    try:
+                        self._fsync(fd)
+                    except OSError as err:
+                        failure = failure or _map_error(err, "flush", self._names[index], creating=False)
+                try:
+                    os.close(fd)
+                except OSError as err:  # a write the OS had deferred failed (NFS does this)
+                    failure = failure or _map_error(err, "close", self._names[index], creating=False)
+            finally:
+                with self._lock:
+                    self._retiring.discard(ticket)
+                    self._retired.notify_all()
+        if failure is not None:
+            raise failure
 
     def close(self) -> None:
         with self._lock:
@@ -221,6 +300,7 @@ class Storage:
         *,
         pwritev: PWritev = os.pwritev,
         pread: PRead = os.pread,
+        fsync: FSync = os.fsync,
     ) -> None:
         if len(files) != geometry.file_count or any(
             f.length != geometry.file_length(i) or f.pad != geometry.is_pad(i) for i, f in enumerate(files)
@@ -237,7 +317,7 @@ class Storage:
         self._config = config
         self._pwritev = pwritev
         self._pread = pread
-        self._handles = _Handles(config.max_open_files, self._open_file, self._display)
+        self._handles = _Handles(config.max_open_files, self._open_file, self._display, fsync)
         self._write_limiter = trio.CapacityLimiter(config.disk_threads)
         self._hash_limiter = trio.CapacityLimiter(config.hash_threads)
 
@@ -396,7 +476,8 @@ class Storage:
             except OSError as err:
                 raise _map_error(err, "write", self._display[run.file_index], creating=False) from None
             finally:
-                self._handles.release(run.file_index)
+                # Marked even after a partial write: whatever reached the file is owed an fsync.
+                self._handles.release(run.file_index, wrote=True)
 
     async def write_blocks(self, blocks: Sequence[Block]) -> list[Written]:
         """Write the blocks (any order, duplicates harmless) in one worker-thread hop.
@@ -498,16 +579,10 @@ class Storage:
         """
         await trio.to_thread.run_sync(self._prepare_sync, wanted, limiter=self._write_limiter)
 
-    def _sync_sync(self) -> None:
-        for fd in self._handles.open_now():
-            try:
-                os.fsync(fd)
-            except OSError as err:
-                raise _map_error(err, "flush files under", self._root, creating=False) from None
-
     async def sync(self) -> None:
-        """fsync every open file (before recording pieces as verified in a resume state)."""
-        await trio.to_thread.run_sync(self._sync_sync, limiter=self._write_limiter)
+        """Make every write done so far durable (before recording pieces as verified in a resume
+        state): fsync each file written since its last fsync, pinned so no thread closes it meanwhile."""
+        await trio.to_thread.run_sync(self._handles.sync_all, limiter=self._write_limiter)
 
     def close(self) -> None:
         """Close every cached descriptor (those in use by a thread close when it is done)."""

@@ -359,6 +359,132 @@ async def test_handle_cache_stays_bounded(root: Path) -> None:
     read_back(root, torrent)
 
 
+# --- sync and the handle cache: no descriptor closed while flushed, none closed unflushed --------
+
+
+async def test_sync_holds_each_file_while_flushing_it(root: Path) -> None:
+    """The race behind a once-failed 300-file download: while `sync` flushes file 0, a write to
+    another file evicts file 0 from a one-descriptor cache. The descriptor being flushed must
+    still be file 0's, open, when the flush runs (not closed: EBADF; not reused by another file)."""
+    torrent = make_torrent([(BLOCK_SIZE, False)] * 2, BLOCK_SIZE)
+    config = dataclasses.replace(DEFAULT_CONFIG, max_open_files=1, disk_threads=2)
+    blocks = torrent.blocks()
+    raced = False
+    flushed: list[int] = []  # inode of each file flushed
+
+    def fsync(fd: int) -> None:
+        nonlocal raced
+        before = os.fstat(fd).st_ino
+        if not raced:
+            raced = True
+            # Another writer thread, at the worst moment: it opens file 1, which evicts file 0.
+            trio.from_thread.run(storage.write_blocks, [blocks[1]])
+        assert os.fstat(fd).st_ino == before, "the descriptor being flushed was closed and reused"
+        os.fsync(fd)
+        flushed.append(before)
+
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config, fsync=fsync) as storage:
+        await storage.write_blocks([blocks[0]])
+        await storage.sync()
+        assert raced
+        inode = [root.joinpath(*f.path).stat().st_ino for f in torrent.files]
+        # File 1 was flushed when it was evicted (file 0 stayed pinned, so file 1 left instead).
+        assert sorted(flushed) == sorted(inode)
+        assert storage.open_file_count == 1
+        for piece in range(torrent.geometry.piece_count):
+            assert await storage.hash_piece(piece, torrent.piece_hash(piece))
+    read_back(root, torrent)
+
+
+async def test_an_evicted_file_is_flushed_before_closing_only_if_written(root: Path) -> None:
+    torrent = make_torrent([(BLOCK_SIZE, False)] * 3, BLOCK_SIZE)
+    config = dataclasses.replace(DEFAULT_CONFIG, max_open_files=1)
+    blocks = torrent.blocks()
+    flushed: list[int] = []  # inode of each file flushed; fstat raises if the descriptor is closed
+
+    def fsync(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_ino)
+        os.fsync(fd)
+
+    def inode(index: int) -> int:  # files are created on first use
+        return root.joinpath(*torrent.files[index].path).stat().st_ino
+
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config, fsync=fsync) as storage:
+        await storage.write_blocks([blocks[0]])
+        assert flushed == []  # written, not yet owed a flush
+        await storage.write_blocks([blocks[1]])  # evicts file 0, written and unflushed
+        assert flushed == [inode(0)]
+        await storage.sync()  # file 1 only: file 0's writes were flushed when it left
+        assert flushed == [inode(0), inode(1)]
+        await storage.sync()  # nothing written since
+        assert flushed == [inode(0), inode(1)]
+        assert await storage.hash_piece(2, torrent.piece_hash(2)) is False  # opens file 2 unwritten
+        assert await storage.hash_piece(0, torrent.piece_hash(0))  # evicts file 2: read only, no flush
+        await storage.write_blocks([blocks[2]])  # evicts file 0: only read since its flush
+        assert flushed == [inode(0), inode(1)]
+        await storage.hash_piece(1, torrent.piece_hash(1))  # evicts file 2, written
+        assert flushed == [inode(0), inode(1), inode(2)]
+        assert storage.open_file_count == 1
+    read_back(root, torrent)
+
+
+async def test_a_failed_flush_at_eviction_is_a_storage_error_and_stays_owed(root: Path) -> None:
+    torrent = make_torrent([(BLOCK_SIZE, False)] * 2, BLOCK_SIZE)
+    config = dataclasses.replace(DEFAULT_CONFIG, max_open_files=1)
+    blocks = torrent.blocks()
+    failing = True
+
+    def fsync(fd: int) -> None:
+        if failing:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fsync(fd)
+
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config, fsync=fsync) as storage:
+        await storage.write_blocks([blocks[0]])
+        with pytest.raises(StorageError, match=r"file0\.bin"):
+            await storage.write_blocks([blocks[1]])  # evicting file 0 cannot flush it: not written
+        await storage.write_blocks([blocks[1]])  # file 0 is gone from the cache: nothing to flush
+        with pytest.raises(StorageError, match=r"file1\.bin"):
+            await storage.sync()  # file 1 was written; its flush fails too
+        failing = False
+        await storage.sync()  # file 1's flush is still owed and now succeeds
+        assert storage.open_file_count == 1
+    read_back(root, torrent)
+
+
+async def test_concurrent_writes_and_syncs_on_a_tiny_cache(root: Path) -> None:
+    """Many files, two descriptors, four writer threads and a syncing task: no flush ever meets a
+    closed descriptor, and every byte lands."""
+    torrent = make_torrent([(BLOCK_SIZE // 4, False)] * 80, BLOCK_SIZE, seed=3)
+    config = dataclasses.replace(DEFAULT_CONFIG, max_open_files=2, disk_threads=4)
+    blocks = torrent.blocks()
+    random.Random(5).shuffle(blocks)
+    syncs = 0
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config) as storage:
+        done = trio.Event()
+
+        async def writer(part: list[Block]) -> None:
+            for block in part:
+                await storage.write_blocks([block])
+
+        async def syncer() -> None:
+            nonlocal syncs
+            while not done.is_set():
+                await storage.sync()
+                syncs += 1
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(syncer)
+            async with trio.open_nursery() as writers:
+                for k in range(4):
+                    writers.start_soon(writer, blocks[k::4])
+            done.set()
+        await storage.sync()
+        assert syncs >= 1
+        assert storage.open_file_count <= 2
+    read_back(root, torrent)
+
+
 # --- errors ----------------------------------------------------------------------------------------
 
 
