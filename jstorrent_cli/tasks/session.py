@@ -62,7 +62,7 @@ from jstorrent_cli.core.messages import BlocksWritten, Fact, PeerId, PieceHashed
 from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
 from jstorrent_cli.core.selection import wanted_pieces
-from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError, StallTimeoutError, StorageError
+from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError, StallTimeoutError
 from jstorrent_cli.tasks import listener as listener_mod
 from jstorrent_cli.tasks.connections import Address, ConnectionManager
 from jstorrent_cli.tasks.parts import layout_for_selection
@@ -214,20 +214,6 @@ def _first_error(exc: BaseException) -> JsTorrentError | None:
 def _verified_pieces(verified: bytearray) -> Iterator[int]:
     """The indexes of the 1 bytes of a picker's one-byte-per-piece array (the selection runs in C)."""
     return itertools.compress(range(len(verified)), bytes(verified))
-
-
-async def _sync_with_retries(storage: Storage, tries: int) -> None:
-    """Storage.sync, tried again when it fails: it fsyncs the descriptors open at the moment it looks,
-    and a write thread may evict (close) one of them before its fsync (a race inside Storage). A real
-    disk error fails every try and is raised."""
-    for attempt in range(1, tries + 1):
-        try:
-            await storage.sync()
-            return
-        except StorageError as err:
-            if attempt == tries:
-                raise
-            log.debug("flushing the data files failed (%s): trying again", err)
 
 
 def _live_line(report: StallReport) -> str:
@@ -607,7 +593,7 @@ class _Session:
         self.saver = ResumeSaver(
             self.store, info_hash=torrent.info_hash, geometry=self.disk_geometry, root=self.out_dir,
             paths=self.paths, verified=functools.partial(_verified_pieces, picker.verified),
-            sync=functools.partial(_sync_with_retries, storage, config.resume_sync_tries), config=config,
+            sync=storage.sync, config=config,
         )
         # The saver outlives the transfer: it is cancelled (and writes the state a last time) only once
         # the writer and hasher have stopped, and before the storage is closed.
@@ -668,11 +654,8 @@ class _Session:
             if torrent.trackers:
                 http = open_http_client(config, local_address=local)
                 client = TrackerClient(http, config, udp_local_host=local)
-                # The final `stopped` announce is shielded: its deadline must fit in the time a Ctrl-C leaves.
-                announcer_config = dataclasses.replace(config, stopped_announce_deadline=min(
-                    config.stopped_announce_deadline, config.stopped_announce_cap, config.interrupt_grace))
                 self.announcer = Announcer(TrackerTiers(torrent.trackers, self.rng), client.announce,
-                                           self.announce_request, manager.add_addresses, announcer_config)
+                                           self.announce_request, manager.add_addresses, config)
                 manager.on_empty = self.announcer.swarm_ran_dry
                 nursery.start_soon(self.announcer.run)
             task_status.started(self.listen_port)
@@ -681,6 +664,11 @@ class _Session:
             await self.stop.wait()
             manager.accepting = False
             await self._let_completed_through()
+            if self.interrupted and self.announcer is not None:
+                # The final `stopped` announce is shielded: after a Ctrl-C its deadline must fit in the
+                # grace left. (A normal exit lets the cancelled announcer send it with its own deadline.)
+                await self.announcer.stop(min(config.stopped_announce_deadline, config.stopped_announce_cap,
+                                              config.interrupt_grace))
             nursery.cancel_scope.cancel()
         if http is not None:
             with trio.CancelScope(shield=True):

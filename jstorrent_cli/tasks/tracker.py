@@ -3,8 +3,8 @@
 Packets and parsing live in core/announce.py; this module only moves bytes and keeps time. Every
 exchange is bounded: HTTP by Config.tracker_timeout and Config.max_tracker_response, UDP by the
 retransmission schedule of Config.udp_initial_timeout / Config.udp_max_tries, the final `stopped` by
-Config.stopped_announce_deadline. A tracker's failure is a TrackerError, logged and retried with backoff;
-it never ends the download.
+Config.stopped_announce_deadline (or a shorter deadline given to `Announcer.stop`). A tracker's failure
+is a TrackerError, logged and retried with backoff; it never ends the download.
 
 Typical use by the session, one Announcer per torrent::
 
@@ -465,14 +465,17 @@ class Announcer:
         finally:
             await self.stop()
 
-    async def stop(self) -> bool:
-        """The final `stopped` announce to the tracker that last answered, bounded by
-        Config.stopped_announce_deadline and shielded from cancellation. True if it got through."""
+    async def stop(self, deadline: float | None = None) -> bool:
+        """The final `stopped` announce to the tracker that last answered, shielded from cancellation
+        and bounded by `deadline` seconds (default Config.stopped_announce_deadline). True if it got
+        through. The bound is an argument because a caller's own deadline cannot reach through the
+        shield: the session passes a shorter one when a Ctrl-C leaves little time."""
         if self._stopped or self.status.last_tracker is None:
             return False
         self._stopped = True
         url = self.status.last_tracker
-        with trio.move_on_after(self._config.stopped_announce_deadline) as scope:
+        bound = self._config.stopped_announce_deadline if deadline is None else deadline
+        with trio.move_on_after(bound) as scope:
             scope.shield = True
             try:
                 await self._announce(url, self._request_for(url, AnnounceEvent.STOPPED))

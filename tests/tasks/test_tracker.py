@@ -620,6 +620,68 @@ async def test_final_stopped_is_bounded_by_its_deadline(autojump_clock: trio.tes
     assert [c.event for c in fake.calls] == [AnnounceEvent.STARTED, AnnounceEvent.STOPPED]
 
 
+
+@pytest.mark.parametrize(("deadline", "expected"), [(None, 3.0), (0.5, 0.5), (5.0, 5.0)])
+async def test_stop_to_a_silent_tracker_returns_within_the_deadline_given(
+    deadline: float | None, expected: float, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No deadline: Config.stopped_announce_deadline (a normal exit); a deadline given wins, shorter
+    (the session's cap after a Ctrl-C) or longer."""
+    config = dataclasses.replace(CONFIG, stopped_announce_deadline=3.0)
+    fake = FakeTrackers({"t": answer()})
+    announcer, _ = announcer_for(fake, [["t"]], config)
+    with trio.fail_after(100):
+        assert await announcer.announce_once()
+        fake.behaviour["t"] = hang
+        start = trio.current_time()
+        assert not await announcer.stop(deadline)
+        assert trio.current_time() - start == pytest.approx(expected)
+    assert [c.event for c in fake.calls] == [AnnounceEvent.STARTED, AnnounceEvent.STOPPED]
+
+
+async def test_interrupt_path_caps_the_stopped_and_the_loop_sends_no_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The session's Ctrl-C path: `stop(cap)` while the loop runs, under a cancelled scope (the
+    shield still lets it out), then the loop is cancelled and its own `stop` sends nothing more."""
+    config = dataclasses.replace(CONFIG, stopped_announce_deadline=3.0)
+    fake = FakeTrackers({"t": answer(interval=1800.0)})
+    announcer, _ = announcer_for(fake, [["t"]], config)
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(announcer.run)
+            await trio.sleep(10)
+            fake.behaviour["t"] = hang
+            start = trio.current_time()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                assert not await announcer.stop(0.5)
+            assert trio.current_time() - start == pytest.approx(0.5)
+            cancelled_at = trio.current_time()
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() == pytest.approx(cancelled_at)  # no second, uncapped `stopped`
+    assert [c.event for c in fake.calls] == [AnnounceEvent.STARTED, AnnounceEvent.STOPPED]
+
+
+async def test_normal_exit_path_gives_the_stopped_the_configured_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The session's normal exit: the loop is cancelled and sends `stopped` itself, bounded by
+    Config.stopped_announce_deadline, not by any cap."""
+    config = dataclasses.replace(CONFIG, stopped_announce_deadline=3.0, stopped_announce_cap=1.0)
+    fake = FakeTrackers({"t": answer(interval=1800.0)})
+    announcer, _ = announcer_for(fake, [["t"]], config)
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(announcer.run)
+            await trio.sleep(10)
+            fake.behaviour["t"] = hang
+            start = trio.current_time()
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() - start == pytest.approx(3.0)
+    assert [c.event for c in fake.calls] == [AnnounceEvent.STARTED, AnnounceEvent.STOPPED]
+
+
 # --- hostile trackers through the loop: a logged error and a retry, never a crash ----------------
 
 
