@@ -170,9 +170,6 @@ class Config:
     interrupt_grace: float = 2.0
     # Of that grace, the final `stopped` announce gets at most this long (the rest: resume state, closing).
     stopped_announce_cap: float = 1.0
-    # Tries of the data-file flush before a resume save: Storage.sync can meet a descriptor another
-    # thread just evicted from its LRU (EBADF); a real disk error fails every try.
-    resume_sync_tries: int = 3
     # Rate limits in bytes/s (0: none): --max-upload-limit / --max-download-limit (token buckets).
     max_upload_rate: int = 0
     max_download_rate: int = 0
