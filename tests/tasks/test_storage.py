@@ -10,8 +10,10 @@ import random
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -31,6 +33,7 @@ from jstorrent_cli.errors import (
 from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written, storage_files
 
 DEADLINE = 10
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -425,6 +428,45 @@ async def test_an_evicted_file_is_flushed_before_closing_only_if_written(root: P
         await storage.hash_piece(1, torrent.piece_hash(1))  # evicts file 2, written
         assert flushed == [inode(0), inode(1), inode(2)]
         assert storage.open_file_count == 1
+    read_back(root, torrent)
+
+
+async def test_sync_waits_for_a_flush_of_an_evicted_file_still_running(root: Path) -> None:
+    """A writer thread evicted file 0 and is still flushing it when `sync` starts: file 0 is no
+    longer in the cache, yet `sync` must not return (and let a resume state list file 0's pieces)
+    before that flush is done."""
+    torrent = make_torrent([(BLOCK_SIZE, False)] * 2, BLOCK_SIZE)
+    config = dataclasses.replace(DEFAULT_CONFIG, max_open_files=1, disk_threads=2)
+    blocks = torrent.blocks()
+    log: list[str] = []
+    evicting = trio.Event()
+    let_flush_finish = threading.Event()
+
+    def fsync(fd: int) -> None:
+        inode = os.fstat(fd).st_ino
+        if not evicting.is_set():  # the first flush: file 0's, by the evicting writer; hold it
+            trio.from_thread.run_sync(evicting.set)
+            assert let_flush_finish.wait(DEADLINE)
+        os.fsync(fd)
+        log.append(f"flushed {inode}")
+
+    class Watched(threading.Condition):
+        def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+            let_flush_finish.set()  # sync is waiting: now let the eviction's flush end
+            return super().wait_for(predicate, timeout)
+
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config, fsync=fsync) as storage:
+        handles = storage._handles
+        handles._retired = Watched(handles._lock)
+        await storage.write_blocks([blocks[0]])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.write_blocks, [blocks[1]])  # evicts file 0, flush held
+            await evicting.wait()
+            await storage.sync()
+            log.append("sync returned")
+            let_flush_finish.set()  # a sync that did not wait must not hang the test
+    assert log[-1] == "sync returned"
+    assert log[0] == f"flushed {root.joinpath(*torrent.files[0].path).stat().st_ino}"
     read_back(root, torrent)
 
 
