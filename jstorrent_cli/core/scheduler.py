@@ -953,9 +953,11 @@ class Scheduler:
                 spare = self._take(peer, ap, spare)
                 if ap.n_free:
                     self._wake = True
-        # 6. endgame: duplicate the oldest outstanding requests
+        # 6. endgame: duplicate the oldest outstanding requests, once this peer is nearly idle
         if spare > 0 and picker.free_blocks == 0:
-            spare = self._endgame(peer, spare)
+            room = min(spare, self.config.endgame_peer_requests - len(peer.outstanding))
+            if room > 0:
+                spare -= room - self._endgame(peer, room)
         if spare > 0:
             self._hungry[peer.id] = None
             if not peer.outstanding:

@@ -97,7 +97,13 @@ async def run_demo(
                 seeder_config = config
                 if i >= options.seeders:
                     seeder_config = dataclasses.replace(config, max_upload_rate=options.slow_rate)
-                port = await nursery.start(_seeder, seeder_config, torrent, seed_dir, host)
+                # Each seeder has a folder (and so a resume state file) of its own; the payload is
+                # hard-linked into it, not copied.
+                own_dir = workdir / f"seeder-{i + 1}"
+                own_dir.mkdir(exist_ok=True)
+                if not (own_dir / _PAYLOAD_NAME).exists():
+                    (own_dir / _PAYLOAD_NAME).hardlink_to(payload)
+                port = await nursery.start(_seeder, seeder_config, torrent, own_dir, host)
                 peers.append((host, port))
             result = await session.run(config, torrent, leech_dir, peers=peers, display=display,
                                        listen_host=_DOWNLOADER_HOST, handle_signals=True)

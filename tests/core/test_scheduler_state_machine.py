@@ -363,8 +363,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 # an idle peer with a FREE block it has, or a spare slot and a started piece with one
                 assert p.outstanding > 0 and not started, (
                     f"peer {p.peer} idle ({p.outstanding}/{p.limit}) while piece {piece} has FREE blocks")
-            if snap.endgame:
-                # derived endgame: a spare slot means every block it could duplicate is at max holders
+            if snap.endgame and p.outstanding < self.config.endgame_peer_requests:
+                # derived endgame: a nearly idle peer (fewer than endgame_peer_requests out) with a spare
+                # slot means every block it could duplicate is at max holders
                 for (holder, (piece, begin)) in self.out:
                     if holder == p.peer or (pieces is not None and piece not in pieces) or piece in self.failed:
                         continue
