@@ -67,10 +67,9 @@ async def test_nothing_is_written_outside_the_output_folder(tmp_path: Path, name
     root.mkdir()
     files = storage_files(torrent.files)
     geometry = Geometry.from_files(((f.length, f.pad) for f in torrent.files), torrent.piece_length)
-    with trio.fail_after(30):
-        with Storage(root, files, geometry, DEFAULT_CONFIG) as storage:
-            await storage.prepare()
-            await storage.write_blocks(edge_blocks(torrent, geometry))
+    with trio.fail_after(30), Storage(root, files, geometry, DEFAULT_CONFIG) as storage:
+        await storage.prepare()
+        await storage.write_blocks(edge_blocks(torrent, geometry))
     assert listing(outside) == set()
     assert set(os.listdir(tmp_path)) == {"outside", "out"}
     for entry in torrent.files:
@@ -94,8 +93,11 @@ async def test_a_planted_symlink_is_not_followed_out(tmp_path: Path, name: str, 
     (root / first.path[0]).symlink_to(outside, target_is_directory=True)
     files = storage_files(torrent.files)
     geometry = Geometry.from_files(((f.length, f.pad) for f in torrent.files), torrent.piece_length)
-    with trio.fail_after(30), pytest.raises(StorageError, match="symlink|symbolic"):
-        with Storage(root, files, geometry, DEFAULT_CONFIG) as storage:
-            await storage.prepare()
-            await storage.write_blocks(edge_blocks(torrent, geometry))
+    with (
+        trio.fail_after(30),
+        pytest.raises(StorageError, match=r"symlink|symbolic"),
+        Storage(root, files, geometry, DEFAULT_CONFIG) as storage,
+    ):
+        await storage.prepare()
+        await storage.write_blocks(edge_blocks(torrent, geometry))
     assert listing(outside) == set()
