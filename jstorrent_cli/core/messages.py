@@ -208,9 +208,15 @@ class WriteBlocks:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HashPiece:
-    """Every block of the piece is on disk: read it back, hash it, answer with PieceHashed."""
+    """Every block of the piece is on disk: read it back, hash it, answer with PieceHashed.
+
+    The answer carries per-block digests when the piece fails its hash (kept to compare later)
+    or when `want_block_digests` is set (the piece failed before: the digests name the liar once
+    it passes). Otherwise only the whole-piece SHA-1 is computed.
+    """
 
     piece: int
+    want_block_digests: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -571,7 +571,7 @@ class Scheduler:
                 continue
             self._waiting -= picker.block_length(piece, block)
             if picker.written(ap, block):
-                self._out.append(HashPiece(piece))
+                self._out.append(HashPiece(piece, piece in self._failed_digests))
         if picker.free_blocks:
             self._wake = True  # budget room: peers held back by it may ask now (endgame needs none)
 

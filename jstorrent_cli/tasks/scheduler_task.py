@@ -77,7 +77,7 @@ class SchedulerActor:
         scheduler: Scheduler,
         links: dict[PeerId, PeerLink],
         write_send: trio.MemorySendChannel[Sequence[ReceivedBlock]],
-        hash_send: trio.MemorySendChannel[tuple[int, bytes]],
+        hash_send: trio.MemorySendChannel[tuple[int, bytes, bool]],
         piece_hash: Callable[[int], bytes],
         have: bytearray,
         hooks: SessionHooks,
@@ -139,7 +139,7 @@ class SchedulerActor:
                     if target is not None:
                         target.send_nowait(cmd)
             elif isinstance(cmd, HashPiece):
-                self.hash_send.send_nowait((cmd.piece, self.piece_hash(cmd.piece)))
+                self.hash_send.send_nowait((cmd.piece, self.piece_hash(cmd.piece), cmd.want_block_digests))
             elif isinstance(cmd, DropPeer):
                 link = links.get(cmd.peer)
                 if link is not None:

@@ -615,7 +615,7 @@ class _Session:
         write_send, write_receive = trio.open_memory_channel[Sequence[ReceivedBlock]](
             config.max_unflushed_bytes // config.block_size + 1
         )
-        hash_send, hash_receive = trio.open_memory_channel[tuple[int, bytes]](n)
+        hash_send, hash_receive = trio.open_memory_channel[tuple[int, bytes, bool]](n)
         self.download_limit = self._bucket(config.max_download_rate)
         ctx = TorrentContext(
             info_hash=torrent.info_hash, our_peer_id=self.peer_id, num_pieces=n,

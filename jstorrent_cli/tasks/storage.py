@@ -552,6 +552,23 @@ class Storage:
         on disk), which the scheduler keeps to find the liar behind a failed piece."""
         return await trio.to_thread.run_sync(self._hash_sync, piece, expected_sha1, True, limiter=self._hash_limiter)
 
+    def _hash_wanted_sync(self, piece: int, expected: bytes, want: bool) -> tuple[bool, tuple[bytes, ...]]:
+        ok, digests = self._hash_sync(piece, expected, want)
+        if not ok and not want:
+            # Rare: read the failed piece again for its block digests (one SHA-1 pass for the rest).
+            _, digests = self._hash_sync(piece, expected, True)
+        return ok, digests
+
+    async def hash_piece_checked(
+        self, piece: int, expected_sha1: bytes, want_block_digests: bool
+    ) -> tuple[bool, tuple[bytes, ...]]:
+        """Hash the piece; the SHA-1 of each block comes too only when `want_block_digests` is
+        set or the piece fails its hash (then the piece is read a second time). The digests are
+        empty if not computed or the piece is not all on disk."""
+        return await trio.to_thread.run_sync(
+            self._hash_wanted_sync, piece, expected_sha1, want_block_digests, limiter=self._hash_limiter
+        )
+
     def _read_sync(self, piece: int, begin: int, length: int) -> bytes:
         data = b"".join(self._read_range(piece, begin, length))
         if len(data) != length:
@@ -646,10 +663,11 @@ class Storage:
 
     async def hasher_loop(
         self,
-        receive_pieces: trio.MemoryReceiveChannel[tuple[int, bytes]],
+        receive_pieces: trio.MemoryReceiveChannel[tuple[int, bytes, bool]],
         send_hashed: Callable[[int, bool, tuple[bytes, ...]], Awaitable[None]],
     ) -> None:
-        """Hash every `(piece, expected_sha1)` received; answer `send_hashed(piece, ok, block_digests)`.
+        """Hash every `(piece, expected_sha1, want_block_digests)` received (see `hash_piece_checked`);
+        answer `send_hashed(piece, ok, block_digests)`.
 
         Up to `config.hash_threads` pieces at once. Returns when the channel is closed and
         drained; the first StorageError stops the loop and is raised.
@@ -657,9 +675,9 @@ class Storage:
         slots = trio.Semaphore(self._config.hash_threads)
         failures: list[StorageError] = []
 
-        async def check(piece: int, expected: bytes, cancel_scope: trio.CancelScope) -> None:
+        async def check(piece: int, expected: bytes, want: bool, cancel_scope: trio.CancelScope) -> None:
             try:
-                ok, digests = await self.hash_piece_blocks(piece, expected)
+                ok, digests = await self.hash_piece_checked(piece, expected, want)
             except StorageError as err:
                 failures.append(err)
                 cancel_scope.cancel()
@@ -672,10 +690,10 @@ class Storage:
             while True:
                 await slots.acquire()
                 try:
-                    piece, expected = await receive_pieces.receive()
+                    piece, expected, want = await receive_pieces.receive()
                 except trio.EndOfChannel:
                     slots.release()
                     break
-                nursery.start_soon(check, piece, expected, nursery.cancel_scope)
+                nursery.start_soon(check, piece, expected, want, nursery.cancel_scope)
         if failures:
             raise failures[0]

@@ -300,7 +300,8 @@ def test_malformed_bitfield_and_have_drop_the_peer() -> None:
 # --- hash failures and bans ---------------------------------------------------------------------------
 
 
-def complete_piece(s: Scheduler, sources: dict[int, list[m.BlockRef]], now: float, fill: dict[int, int]) -> int:
+def complete_piece(s: Scheduler, sources: dict[int, list[m.BlockRef]], now: float, fill: dict[int, int],
+                   hashes: list[m.HashPiece] | None = None) -> int:
     piece = -1
     for peer, refs in sources.items():
         out = deliver(s, peer, refs, now, fill=fill.get(peer, 0))
@@ -309,6 +310,8 @@ def complete_piece(s: Scheduler, sources: dict[int, list[m.BlockRef]], now: floa
                 for h in s.handle(m.BlocksWritten(tuple((p, b, len(d)) for p, b, d in c.blocks)), now):
                     if isinstance(h, m.HashPiece):
                         piece = h.piece
+                        if hashes is not None:
+                            hashes.append(h)
     return piece
 
 
@@ -403,7 +406,10 @@ def test_block_digests_name_the_liar_once_the_piece_passes() -> None:
     s = make(num_pieces=1, blocks=2, config=config)
     r0 = requests(join(s, 0, have_all=True, reqq=1), 0)
     r1 = requests(join(s, 1, have_all=True, reqq=1), 1)
-    piece = complete_piece(s, {0: r0, 1: r1}, 0.1, {})
+    first: list[m.HashPiece] = []
+    piece = complete_piece(s, {0: r0, 1: r1}, 0.1, {}, first)
+    # a first attempt needs no block digests (the hasher adds them if the piece fails)
+    assert first == [m.HashPiece(piece, want_block_digests=False)]
     good, bad = b"g" * 20, b"b" * 20
     # peer 0 sent the first block: its digest differs from the one that finally passes
     blocks_of = {r0[0][1] // BS: 0, r1[0][1] // BS: 1}
@@ -423,9 +429,12 @@ def test_block_digests_name_the_liar_once_the_piece_passes() -> None:
                 for h in s.handle(m.BlocksWritten(tuple((p, b, len(d)) for p, b, d in c.blocks)), now):
                     if isinstance(h, m.HashPiece):
                         hashed = h.piece
+                        # the piece failed before: its retry must be hashed with block digests
+                        assert h.want_block_digests
         if hashed is not None:
             break
         pending = requests(out, 1)
+    assert hashed == piece
     out = s.handle(m.PieceHashed(piece, True, (good, good)), now)
     assert [c.ip for c in out if isinstance(c, m.BanPeer)] == ["127.0.0.2"]
 

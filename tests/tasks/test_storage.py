@@ -225,6 +225,8 @@ async def test_a_short_file_fails_the_hash_and_the_read(root: Path) -> None:
         await storage.write_blocks(torrent.blocks()[:1])
         assert not await storage.hash_piece(0, torrent.piece_hash(0))
         assert await storage.hash_piece_blocks(0, torrent.piece_hash(0)) == (False, ())
+        for want in (False, True):
+            assert await storage.hash_piece_checked(0, torrent.piece_hash(0), want) == (False, ())
         with pytest.raises(StorageError):
             await storage.read_block(0, BLOCK_SIZE, BLOCK_SIZE)
 
@@ -297,23 +299,37 @@ async def test_writer_loop_batches_are_bounded_and_all_answered(root: Path) -> N
     read_back(root, torrent)
 
 
-async def test_hasher_loop_answers_every_piece(root: Path) -> None:
-    torrent = make_torrent([(5 * BLOCK_SIZE + 3, False)], BLOCK_SIZE)
-    answers: dict[int, bool] = {}
+async def test_hasher_loop_answers_every_piece_with_block_digests_only_when_wanted_or_failed(root: Path) -> None:
+    torrent = make_torrent([(7 * BLOCK_SIZE + 3, False)], 2 * BLOCK_SIZE)
+    g = torrent.geometry
+    answers: dict[int, tuple[bool, tuple[bytes, ...]]] = {}
 
     async def send_hashed(piece: int, ok: bool, digests: tuple[bytes, ...]) -> None:
-        answers[piece] = ok
-        assert len(digests) == torrent.geometry.blocks_in_piece(piece)
+        answers[piece] = (ok, digests)
 
-    send, receive = trio.open_memory_channel[tuple[int, bytes]](0)
-    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry) as storage:
+    def block_digests(piece: int) -> tuple[bytes, ...]:
+        whole = torrent.piece_bytes(piece)
+        return tuple(hashlib.sha1(whole[i : i + BLOCK_SIZE]).digest() for i in range(0, len(whole), BLOCK_SIZE))
+
+    # piece 0: passes, digests not wanted; 1: passes, wanted; 2: fails, not wanted; 3: fails, wanted
+    wanted = {0: False, 1: True, 2: False, 3: True}
+    failing = {2, 3}
+    send, receive = trio.open_memory_channel[tuple[int, bytes, bool]](0)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, g) as storage:
         await storage.write_blocks(torrent.blocks())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(storage.hasher_loop, receive, send_hashed)
             async with send:
-                for piece in range(torrent.geometry.piece_count):
-                    await send.send((piece, torrent.piece_hash(piece) if piece != 2 else bytes(20)))
-    assert answers == {p: p != 2 for p in range(torrent.geometry.piece_count)}
+                for piece in range(g.piece_count):
+                    expected = bytes(20) if piece in failing else torrent.piece_hash(piece)
+                    await send.send((piece, expected, wanted[piece]))
+    assert g.piece_count == 4 and g.blocks_in_piece(3) == 2
+    assert answers == {
+        0: (True, ()),
+        1: (True, block_digests(1)),
+        2: (False, block_digests(2)),  # a failure always carries them: kept to name the liar later
+        3: (False, block_digests(3)),
+    }
 
 
 # --- allocation and the handle cache ----------------------------------------------------------------
