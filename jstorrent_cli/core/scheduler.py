@@ -384,6 +384,11 @@ class Scheduler:
         block_length = self.picker.block_length
         return {(pc, b * self._bs, block_length(pc, b)): t for (pc, b), t in p.outstanding.items()}
 
+    def peer_has(self, peer: PeerId, piece: int) -> bool:
+        """True if this joined peer told us it has the piece (False for a peer not joined)."""
+        p = self._peers.get(peer)
+        return p is not None and p.pieces.has(piece)
+
     def is_barred(self, peer: PeerId, piece: int) -> bool:
         """True while a REJECT or a timeout keeps us from asking this peer for this piece."""
         p = self._peers.get(peer)

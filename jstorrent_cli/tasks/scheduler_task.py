@@ -5,7 +5,7 @@ the writer and the hasher await `inbox.send`, which is what pushes back on socke
 of it is `send_nowait`:
 
 * SendRequests / SendCancels / SendInterested / SendNotInterested -> that peer's outbox;
-  SendHave -> every peer's outbox (or one peer's);
+  SendHave -> the outbox of every peer the scheduler does not know to have the piece (or one peer's);
 * WriteBlocks -> the storage writer channel; HashPiece -> the hasher channel (with the expected SHA-1);
 * DropPeer -> that connection's cancel scope; BanPeer -> the session (no reconnects from that IP)
   and every connection from that IP; Finished -> the session.
@@ -132,8 +132,10 @@ class SchedulerActor:
                     link.send_nowait(cmd)
             elif isinstance(cmd, SendHave):
                 if cmd.peer is None:
-                    for link in list(links.values()):
-                        link.send_nowait(cmd)
+                    peer_has = self.scheduler.peer_has
+                    for peer, link in list(links.items()):
+                        if not peer_has(peer, cmd.piece):  # it told us it has it: the HAVE says nothing
+                            link.send_nowait(cmd)
                 else:
                     target = links.get(cmd.peer)
                     if target is not None:

@@ -657,3 +657,16 @@ def test_a_good_single_source_retry_forgives_its_source() -> None:
     s.handle(m.PieceHashed(piece, True), now)
     ip = f"127.0.0.{source + 2}"
     assert s._suspicion[ip] == 0 and s._suspicion[f"127.0.0.{3 - source}"] == 1
+
+
+def test_peer_has_follows_bitfield_have_and_leaving() -> None:
+    s = make(num_pieces=4)
+    join(s, 0, bitfield=bitfield(4, {2}))
+    join(s, 1, have_all=True)
+    assert [s.peer_has(0, p) for p in range(4)] == [False, False, True, False]
+    assert all(s.peer_has(1, p) for p in range(4))
+    s.handle(m.Have(0, 3), 0.1)
+    assert s.peer_has(0, 3) and not s.peer_has(0, 1)
+    s.handle(m.PeerGone(0), 0.2)
+    assert not s.peer_has(0, 2)  # unknown peers are never assumed to have anything
+    assert not s.peer_has(7, 0)

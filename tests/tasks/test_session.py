@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,12 @@ import trio
 
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB
 from jstorrent_cli.core import wire
+from jstorrent_cli.core.choker import Choker
+from jstorrent_cli.core.messages import Have, PeerId, PeerJoined, ReceivedBlock, SendHave
+from jstorrent_cli.core.scheduler import Scheduler
 from jstorrent_cli.tasks import session
+from jstorrent_cli.tasks.peer import PeerLink
+from jstorrent_cli.tasks.scheduler_task import SchedulerActor
 from tests.conftest import assert_payload, build_torrent, random_files, write_payload
 
 DEADLINE = 60
@@ -343,3 +349,53 @@ async def test_a_budget_of_one_block_still_finishes(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     assert result.status == "ok"
     assert_payload(tmp_path / "leech", "tiny", files)
+
+
+class _QuietHooks:
+    def on_finished(self) -> None: ...
+    def on_ban(self, ip: str, reason: str) -> None: ...
+    def seeding(self) -> bool:
+        return False
+    def on_verified(self, piece: int) -> None: ...
+
+
+async def test_have_goes_only_to_peers_not_known_to_have_the_piece() -> None:
+    config = DEFAULT_CONFIG
+    num_pieces, piece_length = 4, 16 * KiB
+    scheduler = Scheduler(num_pieces, piece_length, num_pieces * piece_length, config, random.Random(0))
+    names = {"has_1": 1, "lacks_1": 2, "seed": 3, "not_joined": 4, "gets_1_later": 5}
+    links: dict[PeerId, PeerLink] = {
+        peer: PeerLink(peer, f"127.0.0.{peer + 1}", 6881, config, incoming=False, now=0.0)
+        for peer in names.values()
+    }
+    write_send, _write_receive = trio.open_memory_channel[Sequence[ReceivedBlock]](1)
+    hash_send, _hash_receive = trio.open_memory_channel[tuple[int, bytes, bool]](1)
+    actor = SchedulerActor(scheduler, links, write_send, hash_send, lambda _piece: bytes(20),
+                           bytearray(1), _QuietHooks(), Choker(config, random.Random(0)))
+
+    def haves(peer: int) -> list[SendHave]:
+        out: list[SendHave] = []
+        while True:
+            try:
+                item = links[peer].outbox_receive.receive_nowait()
+            except trio.WouldBlock:
+                return out
+            if isinstance(item, SendHave):
+                out.append(item)
+
+    with trio.fail_after(DEADLINE):
+        actor.handle(PeerJoined(names["has_1"], "127.0.0.2", bitfield=bytes([0b0100_0000])), 0.0)
+        actor.handle(PeerJoined(names["lacks_1"], "127.0.0.3", bitfield=bytes([0b1010_0000])), 0.0)
+        actor.handle(PeerJoined(names["seed"], "127.0.0.4", have_all=True), 0.0)
+        actor.handle(PeerJoined(names["gets_1_later"], "127.0.0.6", have_none=True), 0.0)
+        actor.handle(Have(names["gets_1_later"], 1), 0.1)  # its HAVE reached us before ours left
+        # "not_joined" has a link but the scheduler knows nothing of its pieces yet: it must be told
+        actor.route([SendHave(1)])
+        got = {name: haves(peer) for name, peer in names.items()}
+        assert got == {"has_1": [], "lacks_1": [SendHave(1)], "seed": [], "not_joined": [SendHave(1)],
+                       "gets_1_later": []}
+        # a piece nobody has reaches every peer but the seed; a HAVE aimed at one peer is never filtered
+        actor.route([SendHave(3), SendHave(1, names["has_1"])])
+        got = {name: haves(peer) for name, peer in names.items()}
+        assert got == {"has_1": [SendHave(3), SendHave(1, names["has_1"])], "lacks_1": [SendHave(3)], "seed": [],
+                       "not_joined": [SendHave(3)], "gets_1_later": [SendHave(3)]}
