@@ -30,7 +30,7 @@ from jstorrent_cli.config import DEFAULT_CONFIG, KiB, MiB
 from jstorrent_cli.core import wire
 from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.tasks import connections, session
-from tests.conftest import FileSpec, build_torrent, random_files, write_payload
+from tests.conftest import FileSpec, assert_payload, build_torrent, random_files, write_payload
 from tests.interop.libtorrent_fixture import LibtorrentPeer, libtorrent_peer
 
 OUR_HOST = "127.0.0.3"
@@ -203,6 +203,23 @@ def honest_libtorrent_seeder(swarm: Swarm, root: Path, *, upload_rate: int = 0,
             peer.session.apply_settings({"upload_rate_limit": upload_rate})
         peer.add(swarm.data, root / "seed", seed=True)
         yield peer
+
+
+async def download_beside(
+    hostile: ScriptedPeer, swarm: Swarm, root: Path, *, upload_rate: int, display: RecordingDisplay,
+) -> session.SessionResult:
+    """Download `swarm` into root/ours from `hostile` and an honest libtorrent seeder side by side;
+    the download must complete byte-exact (the point of every hostile test)."""
+    with honest_libtorrent_seeder(swarm, root, upload_rate=upload_rate) as lt:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(hostile.serve)
+            result = await session.run(FAST_CONFIG, swarm.torrent, root / "ours",
+                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt.port)],
+                                       listen_host=OUR_HOST, port=0, display=display)
+            nursery.cancel_scope.cancel()
+    assert result.status == "ok", result
+    assert_payload(root / "ours", swarm.name, swarm.files, single=True)
+    return result
 
 
 class BanRecorder:

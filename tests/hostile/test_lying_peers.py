@@ -20,6 +20,7 @@ from tests.hostile.peers import (
     PeerConn,
     RecordingDisplay,
     ScriptedPeer,
+    download_beside,
     honest_libtorrent_seeder,
     make_swarm,
 )
@@ -104,15 +105,8 @@ async def test_liar_sharing_a_piece_is_named_by_block_digests_once_the_piece_pas
     hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, one_bad_block_then_hang_up)
     display = RecordingDisplay()
     bans = BanRecorder().install(monkeypatch)
-    with trio.fail_after(DEADLINE), honest_libtorrent_seeder(swarm, tmp_path, upload_rate=1_000_000) as lt:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(hostile.serve)
-            result = await session.run(FAST_CONFIG, swarm.torrent, tmp_path / "ours",
-                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt.port)],
-                                       listen_host=OUR_HOST, port=0, display=display)
-            nursery.cancel_scope.cancel()
-    assert result.status == "ok", result
-    assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
+    with trio.fail_after(DEADLINE):
+        result = await download_beside(hostile, swarm, tmp_path, upload_rate=1_000_000, display=display)
     assert lies >= 1 and result.hash_failures >= 1
     assert HOSTILE_HOST in bans.bans, (lies, result)
     assert HONEST_HOST not in bans.bans and HONEST_HOST not in display.banned
@@ -142,15 +136,8 @@ async def test_unsolicited_whole_blocks_of_garbage_never_reach_the_output(tmp_pa
 
     hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, pusher)
     display = RecordingDisplay()
-    with trio.fail_after(DEADLINE), honest_libtorrent_seeder(swarm, tmp_path, upload_rate=1_000_000) as lt:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(hostile.serve)
-            result = await session.run(FAST_CONFIG, swarm.torrent, tmp_path / "ours",
-                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt.port)],
-                                       listen_host=OUR_HOST, port=0, display=display)
-            nursery.cancel_scope.cancel()
-    assert result.status == "ok", result
-    assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
+    with trio.fail_after(DEADLINE):
+        result = await download_beside(hostile, swarm, tmp_path, upload_rate=1_000_000, display=display)
     assert pushed >= 1
     assert result.wasted_bytes > 0  # the unsolicited data was counted as waste, not written
     assert HONEST_HOST not in display.banned

@@ -15,17 +15,13 @@ import trio
 
 from jstorrent_cli.config import KiB
 from jstorrent_cli.core import wire
-from jstorrent_cli.tasks import session
-from tests.conftest import assert_payload
 from tests.hostile.peers import (
-    FAST_CONFIG,
     HONEST_HOST,
     HOSTILE_HOST,
-    OUR_HOST,
     PeerConn,
     RecordingDisplay,
     ScriptedPeer,
-    honest_libtorrent_seeder,
+    download_beside,
     make_swarm,
 )
 
@@ -105,15 +101,8 @@ async def test_protocol_violation_drops_only_that_connection(tmp_path: Path, nam
     hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, script)
     display = RecordingDisplay()
     # Rate-limited so the hostile peer is connected and heard while the download still runs.
-    with trio.fail_after(DEADLINE), honest_libtorrent_seeder(swarm, tmp_path, upload_rate=1_500_000) as lt:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(hostile.serve)
-            result = await session.run(FAST_CONFIG, swarm.torrent, tmp_path / "ours",
-                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt.port)],
-                                       listen_host=OUR_HOST, port=0, display=display)
-            nursery.cancel_scope.cancel()
-    assert result.status == "ok", result
-    assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
+    with trio.fail_after(DEADLINE):
+        result = await download_beside(hostile, swarm, tmp_path, upload_rate=1_500_000, display=display)
     assert violated >= 1, "the hostile peer never got to misbehave"
     assert hung_up == violated, f"{violated} violations, only {hung_up} connections dropped by us"
     assert HONEST_HOST not in display.banned

@@ -21,6 +21,7 @@ from tests.hostile.peers import (
     RecordingDisplay,
     ScriptedPeer,
     attacker,
+    download_beside,
     honest_libtorrent_seeder,
     make_swarm,
 )
@@ -35,15 +36,7 @@ async def _download_beside(tmp_path: Path, script: object) -> tuple[session.Sess
     assert callable(script)
     hostile = ScriptedPeer(HOSTILE_HOST, swarm.torrent, swarm.payload, script)
     display = RecordingDisplay()
-    with honest_libtorrent_seeder(swarm, tmp_path, upload_rate=SLOW_RATE) as lt:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(hostile.serve)
-            result = await session.run(FAST_CONFIG, swarm.torrent, tmp_path / "ours",
-                                       peers=[(HOSTILE_HOST, port), (HONEST_HOST, lt.port)],
-                                       listen_host=OUR_HOST, port=0, display=display)
-            nursery.cancel_scope.cancel()
-    assert result.status == "ok", result
-    assert_payload(tmp_path / "ours", swarm.name, swarm.files, single=True)
+    result = await download_beside(hostile, swarm, tmp_path, upload_rate=SLOW_RATE, display=display)
     return result, hostile, display
 
 
