@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,3 +85,18 @@ def free_port(host: str) -> int:
 
 
 __all__ = ["assert_payload", "build_torrent", "free_port", "random_bytes", "random_files", "write_payload"]
+
+
+# How long a child process gets to exit after SIGTERM before it is killed.
+STOP_DEADLINE = 5.0
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child we started, by its PID only: SIGTERM, then SIGKILL after STOP_DEADLINE."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()

@@ -57,13 +57,13 @@ class LibtorrentPeer:
             await trio.sleep(POLL_INTERVAL)
 
 
-@contextlib.contextmanager
-def libtorrent_peer(host: str, *, port: int | None = None) -> Iterator[LibtorrentPeer]:
+def loopback_settings(host: str, port: int, alerts: int) -> dict[str, Any]:
+    """libtorrent settings for a test peer on host:port: DHT, LSD, UPnP, NAT-PMP and uTP off, several
+    connections per IP allowed (every test peer has its own loopback address), errors, status and
+    `alerts` reported."""
     lt = pytest.importorskip("libtorrent")
-    port = port if port is not None else free_port(host)
-    settings = {
+    return {
         "listen_interfaces": f"{host}:{port}",
-        "outgoing_interfaces": host,
         "enable_dht": False,
         "enable_lsd": False,
         "enable_upnp": False,
@@ -72,9 +72,16 @@ def libtorrent_peer(host: str, *, port: int | None = None) -> Iterator[Libtorren
         "enable_incoming_utp": False,
         "allow_multiple_connections_per_ip": True,
         "stop_tracker_timeout": 1,
-        "announce_to_all_trackers": True,
-        "alert_mask": lt.alert_category.error | lt.alert_category.peer | lt.alert_category.status,
+        "alert_mask": lt.alert_category.error | lt.alert_category.status | alerts,
     }
+
+
+@contextlib.contextmanager
+def libtorrent_peer(host: str, *, port: int | None = None) -> Iterator[LibtorrentPeer]:
+    lt = pytest.importorskip("libtorrent")
+    port = port if port is not None else free_port(host)
+    settings = loopback_settings(host, port, lt.alert_category.peer)
+    settings.update({"outgoing_interfaces": host, "announce_to_all_trackers": True})
     session = lt.session(settings)
     try:
         yield LibtorrentPeer(lt, session, host, port)

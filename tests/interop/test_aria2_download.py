@@ -10,7 +10,6 @@ import functools
 import math
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,15 @@ import trio
 
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB, MiB
 from jstorrent_cli.tasks import session
-from tests.conftest import FileSpec, assert_payload, build_torrent, free_port, random_files, write_payload
+from tests.conftest import (
+    FileSpec,
+    assert_payload,
+    build_torrent,
+    free_port,
+    random_files,
+    stop_process,
+    write_payload,
+)
 from tests.interop.opentracker_fixture import require_opentracker, running_opentracker
 
 pytestmark = pytest.mark.interop
@@ -30,7 +37,6 @@ DEADLINE = 30
 ARIA_HOST, OUR_HOST = "127.0.0.5", "127.0.0.6"
 # How often the test looks whether aria2c has exited.
 POLL_INTERVAL = 0.05
-STOP_DEADLINE = 5.0
 
 CASES = [
     pytest.param(16 * KiB, [2 * MiB + 77], True, id="16KiB-single"),
@@ -59,13 +65,7 @@ def running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)  # this PID only
-            try:
-                process.wait(STOP_DEADLINE)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process(process)
 
 
 def payload(piece_length: int, sizes: list[int], single: bool) -> tuple[str, list[FileSpec]]:

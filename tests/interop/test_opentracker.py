@@ -33,6 +33,7 @@ from jstorrent_cli.core.announce import (
     make_peer_id,
 )
 from jstorrent_cli.tasks.tracker import announce_http, announce_udp, open_http_client
+from tests.interop.libtorrent_fixture import loopback_settings
 from tests.interop.opentracker_fixture import OpenTracker, free_port, require_opentracker, running_opentracker
 
 pytestmark = pytest.mark.interop
@@ -134,19 +135,7 @@ async def test_our_http_and_udp_clients_see_each_other(
 
 def libtorrent_session(listen_port: int) -> Any:
     lt = pytest.importorskip("libtorrent")
-    settings = {
-        "listen_interfaces": f"127.0.0.2:{listen_port}",
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        "stop_tracker_timeout": 1,
-        "alert_mask": lt.alert_category.error | lt.alert_category.tracker | lt.alert_category.status,
-    }
-    return lt.session(settings)
+    return lt.session(loopback_settings("127.0.0.2", listen_port, lt.alert_category.tracker))
 
 
 async def accept_handshake(listener: trio.SocketListener) -> bytes:

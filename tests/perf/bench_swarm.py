@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 from jstorrent_cli.config import KiB, MiB  # noqa: E402
 from jstorrent_cli.core import bencode  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, stop_process  # noqa: E402
 from tests.interop.opentracker_fixture import require_opentracker, running_opentracker  # noqa: E402
 from tests.interop.test_aria2_download import ARIA_HOST, aria2c_command  # noqa: E402
 
@@ -64,7 +64,6 @@ POLL = 0.05
 SEGMENT = 4 * MiB
 # How long the seeders may take to check the payload and announce before the benchmark gives up.
 SEED_READY_DEADLINE = 600.0
-STOP_DEADLINE = 5.0
 # A run is "quiet" when other processes used less than this share of the machine's CPUs meanwhile.
 QUIET_SHARE = 0.1
 # The endgame tail is measured from this fraction verified (jstorrent's --json progress, one record a second).
@@ -375,7 +374,7 @@ def run_client(client: str, payload: Payload, scenario: Scenario, work: Path, ru
         code, wall, usage, rss = run_child(client_command(client, payload, out_dir, scenario), log, deadline)
     finally:
         if hog is not None:
-            stop(hog)
+            stop_process(hog)
     cpu = usage.ru_utime + usage.ru_stime
     seeders = own_cpu_seconds() - own_before
     others = max(0.0, machine_busy_seconds() - busy_before - cpu - seeders)
@@ -398,14 +397,6 @@ def start_disk_hog(path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([str(PYTHON), str(Path(__file__).resolve()), "--disk-hog", str(path)])
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)  # this PID only
-        try:
-            process.wait(STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def disk_hog(path: Path) -> None:
