@@ -30,10 +30,6 @@ def choose_piece_length(total_length: int, config: Config = DEFAULT_CONFIG) -> i
     return length
 
 
-def piece_count(total_length: int, piece_length: int) -> int:
-    return -(-total_length // piece_length)
-
-
 def build_metainfo(
     *,
     name: str,

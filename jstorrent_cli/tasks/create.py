@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import os
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 import trio
 
 from jstorrent_cli.config import DEFAULT_CONFIG, Config
-from jstorrent_cli.core.create import SourceFile, build_metainfo, choose_piece_length, piece_count
+from jstorrent_cli.core.create import SourceFile, build_metainfo, choose_piece_length
+from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.errors import (
     FileOpenError,
     InputNotFoundError,
@@ -68,37 +68,28 @@ def collect_files(root: Path) -> tuple[str, list[SourceFile], list[Path], list[s
     return name, files, paths, skipped
 
 
-def _read_range(paths: list[Path], offsets: list[int], start: int, length: int) -> bytes:
+def _read_range(paths: list[Path], geometry: Geometry, start: int, length: int) -> bytes:
     """Read `length` bytes of the concatenated files from `start`."""
     out = bytearray()
-    index = bisect.bisect_right(offsets, start) - 1
-    position = start
-    end = start + length
-    while position < end:
-        file_start = offsets[index]
-        file_end = offsets[index + 1]
-        take = min(end, file_end) - position
-        if take > 0:
-            try:
-                with open(paths[index], "rb") as f:
-                    f.seek(position - file_start)
-                    data = f.read(take)
-            except OSError as exc:
-                raise FileOpenError(f"{paths[index]}: cannot read: {exc.strerror}") from None
-            if len(data) != take:
-                raise StorageError(f"{paths[index]}: file changed size while hashing")
-            out += data
-            position += take
-        index += 1
+    for span in geometry.byte_spans(start, length):
+        path = paths[span.file_index]
+        try:
+            with open(path, "rb") as f:
+                f.seek(span.file_offset)
+                data = f.read(span.length)
+        except OSError as exc:
+            raise FileOpenError(f"{path}: cannot read: {exc.strerror}") from None
+        if len(data) != span.length:
+            raise StorageError(f"{path}: file changed size while hashing")
+        out += data
     return bytes(out)
 
 
-def _hash_batch(
-    paths: list[Path], offsets: list[int], first: int, count: int, piece_length: int, total: int
-) -> bytes:
+def _hash_batch(paths: list[Path], geometry: Geometry, first: int, count: int) -> bytes:
+    piece_length = geometry.piece_length
     start = first * piece_length
-    end = min(total, (first + count) * piece_length)
-    data = memoryview(_read_range(paths, offsets, start, end - start))
+    end = min(geometry.total_length, (first + count) * piece_length)
+    data = memoryview(_read_range(paths, geometry, start, end - start))
     return b"".join(
         hashlib.sha1(data[i : i + piece_length]).digest() for i in range(0, len(data), piece_length)
     )
@@ -112,11 +103,9 @@ async def hash_pieces(
     config: Config = DEFAULT_CONFIG,
 ) -> bytes:
     """SHA-1 of every piece of the concatenated files, in worker threads; `progress(bytes)` per batch."""
-    offsets = [0]
-    for length in lengths:
-        offsets.append(offsets[-1] + length)
-    total = offsets[-1]
-    count = piece_count(total, piece_length)
+    geometry = Geometry(lengths, [False] * len(lengths), piece_length)
+    total = geometry.total_length
+    count = geometry.piece_count
     per_batch = max(1, _BATCH_BYTES_TARGET // piece_length)
     results: dict[int, bytes] = {}
     limiter = trio.CapacityLimiter(config.hash_threads)
@@ -127,7 +116,7 @@ async def hash_pieces(
         try:
             n = min(per_batch, count - first)
             digest = await trio.to_thread.run_sync(
-                _hash_batch, paths, offsets, first, n, piece_length, total, limiter=limiter
+                _hash_batch, paths, geometry, first, n, limiter=limiter
             )
             results[first] = digest
             progress(min(total, (first + n) * piece_length) - first * piece_length)
