@@ -43,7 +43,7 @@ import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
-from typing import Protocol, TextIO
+from typing import Protocol
 
 import trio
 
@@ -163,41 +163,6 @@ class NullDisplay:
 
     def finish(self, result: SessionResult) -> None:
         pass
-
-
-class PlainDisplay:
-    """One status line every `interval` seconds and a summary at the end (aria2c's shape)."""
-
-    def __init__(self, interval: float, stream: TextIO | None = None) -> None:
-        self.interval = interval
-        self.stream = stream
-
-    def _write(self, line: str) -> None:
-        out = self.stream if self.stream is not None else sys.stderr
-        out.write(line + "\n")
-        out.flush()
-
-    async def run(self, poll: Callable[[], SessionStatus]) -> None:
-        while True:
-            await trio.sleep(self.interval)
-            s = poll()
-            pct = 100.0 * s.verified_bytes / s.total_bytes if s.total_bytes else 100.0
-            self._write(
-                f"[{s.state.value} {format_size(s.verified_bytes)}/{format_size(s.total_bytes)}({pct:.0f}%) "
-                f"CN:{s.peers_connected} DL:{format_rate(s.download_rate)} UL:{format_rate(s.upload_rate)}]"
-            )
-
-    def finish(self, result: SessionResult) -> None:
-        if result.status == "ok":
-            self._write(
-                f"{result.name}: {format_size(result.verified_bytes)} in {result.download_time:.1f} s "
-                f"({format_rate(result.average_rate)}), {result.peers_used} peers, "
-                f"{format_size(result.wasted_bytes)} wasted, {result.hash_failures} hash failures"
-            )
-        elif result.status == "interrupted":
-            self._write(f"{result.name}: interrupted at {format_size(result.verified_bytes)}")
-        else:
-            self._write(f"{result.name}: failed: {result.error}")
 
 
 def _first_error(exc: BaseException) -> JsTorrentError | None:
