@@ -60,6 +60,7 @@ import random
 from collections.abc import Sequence
 
 from jstorrent_cli.config import Config
+from jstorrent_cli.core.budget import BudgetPool
 from jstorrent_cli.core.messages import (
     AllowedFast,
     BanPeer,
@@ -226,6 +227,7 @@ class Scheduler:
         have: Sequence[bool] | None = None,
         *,
         sequential: bool = False,
+        budget_pool: BudgetPool | None = None,
     ) -> None:
         self.config = config
         self.picker = Picker(num_pieces, piece_length, total_length, config.block_size, rng,
@@ -233,6 +235,13 @@ class Scheduler:
                              max_holders=config.endgame_max_dups)
         self._bs = config.block_size
         self._budget = config.max_unflushed_bytes
+        # A batch shares one budget among its items (core/budget.py): then `_budget` is this scheduler's
+        # grant, topped up from the pool while a fact is handled and settled back to what it uses.
+        self._pool = budget_pool
+        self._member = budget_pool.join() if budget_pool is not None else 0
+        self._left_pool = False
+        if budget_pool is not None:
+            self._budget = 0
         self._peers: dict[PeerId, _Peer] = {}
         self._in_flight = 0
         self._waiting = 0
@@ -306,8 +315,27 @@ class Scheduler:
                     self._remove_peer(peer)
             case PieceHashed():
                 self._on_hashed(fact)
+        pool = self._pool
+        if pool is None:
+            self._flush()
+            return out
+        if self._left_pool:  # shutting down: what is in flight may land, nothing new is asked
+            self._budget = self._in_flight + self._waiting
+            self._flush()
+            return out
+        self._budget = pool.top_up(self._member, self._in_flight + self._waiting)
         self._flush()
+        starving = bool(self._hungry) and self._budget_full() and self.picker.free_blocks > 0
+        pool.settle(self._member, self._in_flight + self._waiting, starving=starving)
+        self._budget = self._in_flight + self._waiting
         return out
+
+    def leave_budget_pool(self) -> None:
+        """The download ended: give this scheduler's share of a batch's budget back (no-op without one)."""
+        if self._pool is not None and not self._left_pool:
+            self._pool.leave(self._member)
+            self._left_pool = True
+            self._budget = self._in_flight + self._waiting
 
     def snapshot(self) -> SchedulerSnapshot:
         """A frozen picture of everything the display and the stall report need."""
@@ -333,7 +361,7 @@ class Scheduler:
             peers=peers,
             bytes_in_flight=self._in_flight,
             bytes_waiting_for_disk=self._waiting,
-            budget=self._budget,
+            budget=self._budget if self._pool is None else self._pool.room(self._member),
             pieces_missing=picker.unstarted_count,
             pieces_partial=partial,
             pieces_fully_requested=fully,

@@ -49,6 +49,7 @@ import trio
 
 from jstorrent_cli.config import Config
 from jstorrent_cli.core.announce import AnnounceRequest, make_key, make_peer_id
+from jstorrent_cli.core.budget import BudgetPool
 from jstorrent_cli.core.choker import Choker
 from jstorrent_cli.core.diagnose import (
     StallDetector,
@@ -64,7 +65,7 @@ from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
 from jstorrent_cli.core.selection import wanted_pieces
 from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError, StallTimeoutError
 from jstorrent_cli.tasks import listener as listener_mod
-from jstorrent_cli.tasks.connections import Address, ConnectionManager
+from jstorrent_cli.tasks.connections import Address, ConnectionManager, PeerSlots
 from jstorrent_cli.tasks.parts import layout_for_selection
 from jstorrent_cli.tasks.peer import TokenBucket, TorrentContext
 from jstorrent_cli.tasks.resume_store import Recovered, ResumeSaver, StateStore, recover
@@ -144,6 +145,17 @@ class SessionResult:
         return int(self.exception.exit_status if self.exception is not None else ExitStatus.UNKNOWN)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shared:
+    """What the items of a batch share (tasks/batch.py): one listening port whose connections the
+    router hands out by info hash, one connection limit, one unflushed-data budget."""
+
+    router: listener_mod.Router
+    port: int
+    slots: PeerSlots
+    pool: BudgetPool
+
+
 class Display(Protocol):
     """What the session shows through. A display may also have `stall(report: StallReport) -> None`,
     called once when a stall starts (looked up with getattr: it is optional)."""
@@ -211,8 +223,12 @@ class _Session:
         rng: random.Random,
         selected: Collection[int] | None = None,
         live_diagnosis: bool = False,
+        shared: Shared | None = None,
+        interrupt: trio.Event | None = None,
     ) -> None:
         self.config = config
+        self.shared = shared
+        self.interrupt = interrupt
         self.torrent = torrent
         self.out_dir = os.fspath(out_dir)
         self.initial_peers = list(peers)
@@ -509,6 +525,8 @@ class _Session:
             async with trio.open_nursery() as outer:
                 if signals is not None:
                     outer.start_soon(self.watch_signals, signals)
+                if self.interrupt is not None:
+                    outer.start_soon(self._watch_interrupt, self.interrupt)
                 outer.start_soon(self.display.run, self.status)
                 with trio.CancelScope() as check_scope:
                     outer.start_soon(self._cancel_on_stop, check_scope)
@@ -523,6 +541,12 @@ class _Session:
         if self.selected is None:
             return None
         return sorted(self.selected)
+
+    async def _watch_interrupt(self, interrupt: trio.Event) -> None:
+        """A batch's Ctrl-C: stop as the first SIGINT would."""
+        await interrupt.wait()
+        self.interrupted = True
+        self.stop.set()
 
     async def _cancel_on_stop(self, scope: trio.CancelScope) -> None:
         await self.stop.wait()
@@ -552,7 +576,8 @@ class _Session:
             have[piece] = True
             self.have[piece >> 3] |= 0x80 >> (piece & 7)
         scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
-                              wanted=self.wanted, have=have)
+                              wanted=self.wanted, have=have,
+                              budget_pool=self.shared.pool if self.shared is not None else None)
         self.scheduler = scheduler
         picker = scheduler.picker
         self.saver = ResumeSaver(
@@ -568,6 +593,11 @@ class _Session:
             try:
                 await self._transfer_with(storage, scheduler, task_status)
             finally:
+                scheduler.leave_budget_pool()
+                if self.manager is not None:
+                    self.manager.close()
+                if self.shared is not None:
+                    self.shared.router.unregister(torrent.info_hash)
                 saver_nursery.cancel_scope.cancel()
 
     async def _transfer_with(self, storage: Storage, scheduler: Scheduler, task_status: trio.TaskStatus[int]) -> None:
@@ -588,11 +618,17 @@ class _Session:
             have=self.have, inbox=inbox_send, read_block=storage.read_block,
             upload_limit=self._bucket(config.max_upload_rate), download_limit=self.download_limit,
         )
-        listeners = await listener_mod.open_listeners(config, self.listen_host, self.port)
-        self.listen_port = listener_mod.listening_port(listeners)
+        shared = self.shared
+        listeners = None
+        if shared is None:
+            listeners = await listener_mod.open_listeners(config, self.listen_host, self.port)
+            self.listen_port = listener_mod.listening_port(listeners)
+        else:
+            self.listen_port = shared.port
         local = self.listen_host if self.listen_host not in (None, "", "0.0.0.0", "::") else None
         own = {(self.listen_host or "0.0.0.0", self.listen_port)}
-        manager = ConnectionManager(ctx, config, local_address=local, own_addresses=own)
+        manager = ConnectionManager(ctx, config, local_address=local, own_addresses=own,
+                                    slots=shared.slots if shared is not None else None)
         self.manager = manager
         actor = SchedulerActor(scheduler, manager.links, write_send, hash_send, torrent.piece_hash, self.have,
                                self, Choker(config, self.rng))
@@ -610,7 +646,10 @@ class _Session:
             nursery.start_soon(ticker, inbox_send, config.tick_interval)
             nursery.start_soon(storage.writer_loop, write_receive, send_written)
             nursery.start_soon(storage.hasher_loop, hash_receive, send_hashed)
-            nursery.start_soon(listener_mod.serve, listeners, manager.accept)
+            if listeners is not None:
+                nursery.start_soon(listener_mod.serve, listeners, manager.accept)
+            elif self.shared is not None:
+                self.shared.router.register(torrent.info_hash, manager.accept)
             nursery.start_soon(manager.run)
             nursery.start_soon(self.watch_seeding)
             nursery.start_soon(self.watch_stalls)
@@ -689,6 +728,8 @@ async def run(
     rng: random.Random | None = None,
     selected: Collection[int] | None = None,
     live_diagnosis: bool = False,
+    shared: Shared | None = None,
+    interrupt: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> SessionResult:
     """Download (and seed) one torrent into `out_dir`; see the module docstring.
@@ -696,13 +737,15 @@ async def run(
     `seed_time` is in seconds (math.inf: seed until cancelled). With `nursery.start(...)`, the
     listening port is reported once the session accepts connections. `selected`: 0-based file
     indexes to download (core/selection.parse_select_file; None: every file). `live_diagnosis`
-    (-v): classify the missing pieces about once a second into SessionStatus.note.
+    (-v): classify the missing pieces about once a second into SessionStatus.note. `shared` (a batch):
+    use its port, connection limit and budget instead of opening our own. `interrupt`: when set, stop
+    as on a first Ctrl-C (result "interrupted").
     """
     session = _Session(
         config, torrent, out_dir, peers=peers, display=display if display is not None else NullDisplay(),
         listen_host=listen_host, port=port, seed_time=seed_time, seed_ratio=seed_ratio,
         handle_signals=handle_signals, peer_id=peer_id, rng=rng if rng is not None else random.Random(),
-        selected=selected, live_diagnosis=live_diagnosis,
+        selected=selected, live_diagnosis=live_diagnosis, shared=shared, interrupt=interrupt,
     )
     result = await session.run(task_status)
     session.display.finish(result)
