@@ -194,9 +194,9 @@ class Config:
     # --- batch (tasks/batch.py: several torrents in one process) ---------------------------------
     # -j: downloads running at once (aria2c's --max-concurrent-downloads default is 5).
     max_concurrent_downloads: int = 5
-    # Shared budget: an item above its fair share (budget / items using it) gets no more while
-    # another item waits for room; this is the smallest share, so a long list never starves one item.
-    budget_min_share: int = 1 * MiB
+    # Shared budget: an item above its fair share (budget / items using it) gets no more while another
+    # item waits for room. Smallest share: one block, so a waiting item can always make one request.
+    budget_min_share: int = BLOCK_SIZE
     # Live batch view: the busiest items shown one line each; the rest are counted as "(+N)".
     batch_view_rows: int = 5
 

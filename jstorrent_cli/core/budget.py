@@ -9,7 +9,7 @@ went out it `settle`s back to what it now uses. Schedulers run one at a time (on
 
 Fairness: a member that wanted more than it got (hungry peers, no room) is marked starving. While
 any other member starves, a member already at or above its fair share (total / members using the
-budget, at least Config.budget_min_share) gets no more, so the room freed as blocks reach the disk
+budget, at least Config.budget_min_share and one block) gets no more, so the room freed as blocks reach the disk
 flows to the starving member instead of back to the busiest one.
 
 The bound, for every moment: sum of grants <= total, and each scheduler keeps its bytes within its
@@ -22,9 +22,11 @@ import itertools
 
 
 class BudgetPool:
-    def __init__(self, total: int, *, min_share: int = 0) -> None:
-        if total <= 0:
-            raise ValueError("a budget pool needs a positive total")
+    def __init__(self, total: int, *, min_share: int) -> None:
+        """`min_share`: the smallest fair share, at least one block: a share smaller than a block would
+        let a starving member and the busy ones all wait for each other for ever."""
+        if total <= 0 or min_share <= 0:
+            raise ValueError("a budget pool needs a positive total and a positive smallest share")
         self.total = total
         self.min_share = min_share
         self._grants: dict[int, int] = {}

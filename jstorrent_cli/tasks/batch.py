@@ -300,7 +300,8 @@ async def run_batch(
     listeners = await listener_mod.open_listeners(config, options.listen_host, options.port)
     shared = session.Shared(
         router=listener_mod.Router(config), port=listener_mod.listening_port(listeners), slots=PeerSlots(config),
-        pool=BudgetPool(config.max_unflushed_bytes, min_share=config.budget_min_share),
+        pool=BudgetPool(config.max_unflushed_bytes,
+                        min_share=max(config.budget_min_share, config.block_size)),
     )
     batch = _Batch(config, items, options, display, load, shared)
     return await batch.run(listeners, task_status)
