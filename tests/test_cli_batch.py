@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,36 @@ def test_a_bad_list_is_one_line_naming_the_line_and_exit_28(tmp_path: Path) -> N
     assert result.returncode == 3 and "nope.txt: no such file" in result.stderr
     result = _run("get", "a.torrent", "b.torrent", "--select-file", "1", cwd=tmp_path)
     assert result.returncode == 28 and "--select-file" in result.stderr
+
+
+async def test_ctrl_c_stops_every_item_reports_them_interrupted_and_exits_130(tmp_path: Path) -> None:
+    for n in range(3):
+        data, _ = build_torrent(f"never{n}", random_files(30 + n, [100 * KiB]), 16 * KiB)
+        (tmp_path / f"t{n}.torrent").write_bytes(data)
+    with trio.fail_after(DEADLINE):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "jstorrent_cli", "get", *(str(tmp_path / f"t{n}.torrent") for n in range(3)),
+             "-j", "2", "-d", str(tmp_path / "out"), "--peer", "127.0.0.9:9", "--listen", LEECHER, "--port", "0",
+             "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            assert process.stdout is not None
+            out = b""
+            while b"\n" not in out:  # the first progress record: the items are running
+                out += await process.stdout.receive_some()
+            process.send_signal(signal.SIGINT)
+            sent = trio.current_time()
+            while chunk := await process.stdout.receive_some():
+                out += chunk
+            status = await process.wait()
+            assert trio.current_time() - sent < DEFAULT_CONFIG.interrupt_grace + 1
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert status == 130
+    results = [r for r in map(json.loads, out.decode().splitlines()) if r["event"] == "result"]
+    assert [(r["id"], r["status"], r["exit_status"]) for r in results] == [
+        (1, "interrupted", 130), (2, "interrupted", 130), (3, "interrupted", 130)]
+    assert results[2]["error"] == "interrupted before it started" and results[2]["path"] == str(tmp_path / "t2.torrent")
+    assert results[0]["path"] == str(tmp_path / "out" / "never0")

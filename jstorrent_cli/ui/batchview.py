@@ -317,8 +317,9 @@ class BatchQuietDisplay:
         await trio.sleep_forever()
 
     def item_done(self, result: ItemResult) -> None:
-        if result.status == STATUS_ERROR:
-            _write(self._file, [f"jstorrent: #{result.id} {result.source}: {result.error}"])
+        if result.status == STATUS_ERROR:  # an error of an item that never started names its source already
+            what = "" if result.name is None else f"{result.source}: "
+            _write(self._file, [f"jstorrent: #{result.id} {what}{result.error}"])
 
     def stall(self, item_id: int, report: StallReport) -> None:
         pass
