@@ -109,16 +109,20 @@ def _rates(status: BatchStatus) -> tuple[float, float]:
     return down, up
 
 
-def totals_line(status: BatchStatus) -> str:
-    """'7 items: 2 done · 3 active · 1 waiting · 1 failed  ↓.. ↑..  buffer 3.0MiB/64.0MiB (5%)  peers 9/50'."""
+def totals_parts(status: BatchStatus) -> tuple[str, str]:
+    """('7 items: 2 done · 3 active · 1 waiting · 1 failed  ↓.. ↑..', 'buffer 3.0MiB/64.0MiB (5%)  peers 9/50')."""
     c = counts(status)
     down, up = _rates(status)
     used_pct = fraction(status.buffer_used, status.buffer_total) * PERCENT
     return (f"{len(status.items)} items: {c[PHASE_DONE]} done · {c[PHASE_ACTIVE]} active · "
-            f"{c[PHASE_WAITING]} waiting · {c[PHASE_FAILED]} failed  "
-            f"↓{format_rate(down)} ↑{format_rate(up)}  "
+            f"{c[PHASE_WAITING]} waiting · {c[PHASE_FAILED]} failed  ↓{format_rate(down)} ↑{format_rate(up)}",
             f"buffer {format_size(status.buffer_used)}/{format_size(status.buffer_total)} ({used_pct:.0f}%)  "
             f"peers {status.peers_connected}/{status.max_peers}")
+
+
+def totals_line(status: BatchStatus) -> str:
+    """The totals on one line (plain view, SIGUSR1)."""
+    return "  ".join(totals_parts(status))
 
 
 def busiest(status: BatchStatus, rows: int) -> tuple[list[ItemView], int]:
@@ -210,7 +214,9 @@ class BatchRichDisplay:
 
     def render(self, status: BatchStatus) -> Text:
         text = Text(no_wrap=True, overflow="crop", end="")
-        text.append(totals_line(status) + "\n", style="bold")
+        counted, shared = totals_parts(status)
+        text.append(counted + "\n", style="bold")
+        text.append(shared + "\n", style="dim")
         shown, more = busiest(status, self._config.batch_view_rows)
         for item in shown:
             text.append(item_line(item) + "\n")

@@ -54,8 +54,8 @@ def test_totals_then_the_busiest_items_then_the_rest_counted() -> None:
     assert [i.id for i in shown] == [11, 10, 9, 8, 7] and more == 2
     display = BatchRichDisplay(DEFAULT_CONFIG, console=Console(file=io.StringIO(), width=200), out=io.StringIO())
     lines = display.render(status).plain.splitlines()
-    assert len(lines) == 1 + DEFAULT_CONFIG.batch_view_rows + 1  # a few lines, whatever the list's length
-    assert lines[1].startswith("#11 item11") and lines[-1] == "(+2)"
+    assert len(lines) == 2 + DEFAULT_CONFIG.batch_view_rows + 1  # a few lines, whatever the list's length
+    assert lines[1].startswith("buffer 16.0MiB/64.0MiB") and lines[2].startswith("#11 item11") and lines[-1] == "(+2)"
 
 
 def _result(n: int, status: str, **kw: object) -> ItemResult:
