@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from pathlib import Path
 
 import trio
 import trio.testing
@@ -24,6 +26,7 @@ from jstorrent_cli.ui.batchview import (
     ItemView,
     busiest,
     make_batch_display,
+    result_record,
     results_table,
     totals_line,
 )
@@ -126,3 +129,19 @@ async def test_plain_json_and_quiet_views() -> None:
     assert quiet_err.getvalue() == "jstorrent: #2 /t/2.torrent: not bencode\n"
     assert isinstance(make_batch_display(DEFAULT_CONFIG, stdout=io.StringIO(), stderr=io.StringIO()),
                       BatchPlainDisplay)
+
+
+def test_batch_result_fields_are_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent.parent / "docs" / "json.md").read_text()
+    section = doc[doc.index("## Several torrents"):]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+    fields = set(result_record(RESULTS[0]))
+    assert documented == fields
+    block = section[section.index("```json\n") + len("```json\n"):]
+    block = block[: block.index("```")]
+    decoder, examples, at = json.JSONDecoder(), [], 0
+    while block[at:].strip():
+        at += len(block[at:]) - len(block[at:].lstrip())
+        value, at = decoder.raw_decode(block, at)
+        examples.append(value)
+    assert len(examples) == 2 and all(set(e) == fields for e in examples)
