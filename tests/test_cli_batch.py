@@ -25,12 +25,14 @@ LEECHER = "127.0.0.3"
 
 
 def _torrents(tmp_path: Path) -> dict[str, tuple[str, list[FileSpec]]]:
-    """good0/good1 (seeded), lonely (nobody has it), broken.torrent (not bencode)."""
+    """good0/good1 (seeded), lonely (nobody has it, dead tracker), broken.torrent (not bencode)."""
     made: dict[str, tuple[str, list[FileSpec]]] = {}
     for n, key in enumerate(("good0", "good1", "lonely")):
         files = random_files(200 + n, [250 * KiB + 3, 40 * KiB])
         name = f"payload-{key}"
-        data, _ = build_torrent(name, files, 32 * KiB)
+        # Nobody seeds `lonely`, and its tracker is dead (nothing listens there).
+        trackers = ["http://127.0.0.9:9/announce"] if key == "lonely" else []
+        data, _ = build_torrent(name, files, 32 * KiB, trackers=trackers)
         (tmp_path / f"{key}.torrent").write_bytes(data)
         if key != "lonely":
             write_payload(tmp_path / "seed", name, files)
