@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import trio
 
 from jstorrent_cli.cli import read_torrent_file
@@ -189,3 +190,32 @@ async def test_items_share_one_budget_and_one_peer_limit(tmp_path: Path) -> None
         assert held <= budget, held
         assert sample.peers_connected <= 2  # two seeders, three items: the shared limit holds
     assert max(s.buffer_used for s in recorder.samples) > budget // 2  # the budget was really used
+
+
+async def test_libtorrent_connecting_to_our_one_port_feeds_both_items(tmp_path: Path) -> None:
+    """A real client's incoming connections, one per torrent, reach the right item through the router."""
+    libtorrent_peer = pytest.importorskip("tests.interop.libtorrent_fixture").libtorrent_peer
+    made = make_torrents(tmp_path, 2, 400 * KiB + 9)
+    sources = [str(tmp_path / "t0.torrent"), str(tmp_path / "t1.torrent")]
+    recorder = Recorder()
+    with trio.fail_after(DEADLINE), libtorrent_peer("127.0.0.2") as lt_peer:
+        handles = [lt_peer.add((tmp_path / f"t{n}.torrent").read_bytes(), tmp_path / "seed", seed=True)
+                   for n in range(2)]
+        async with trio.open_nursery() as nursery:
+            options = BatchOptions(out_dir=str(tmp_path / "out"), listen_host="127.0.0.3", port=0)
+            port = await nursery.start(run_batch, DEFAULT_CONFIG, items(*sources), options, recorder,
+                                       read_torrent_file)
+
+            def both_downloading() -> bool:
+                last = recorder.samples[-1] if recorder.samples else None
+                return last is not None and all(
+                    i.status is not None and i.status.state.value == "downloading" for i in last.items)
+
+            await lt_peer.wait_until(both_downloading, what="both items registered")
+            for handle in handles:
+                handle.connect_peer(("127.0.0.3", port))
+            await lt_peer.wait_until(lambda: len(recorder.finished) == 2, what="batch download")
+            nursery.cancel_scope.cancel()
+    assert [r.status for r in recorder.finished] == [STATUS_OK, STATUS_OK], (recorder.finished, lt_peer.alerts())
+    for name, files in made:
+        assert_payload(tmp_path / "out", name, files)
