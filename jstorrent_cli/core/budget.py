@@ -10,7 +10,8 @@ went out it `settle`s back to what it now uses. Schedulers run one at a time (on
 Fairness: a member that wanted more than it got (hungry peers, no room) is marked starving. While
 any other member starves, a member already at or above its fair share (total / members using the
 budget, at least Config.budget_min_share and one block) gets no more, so the room freed as blocks reach the disk
-flows to the starving member instead of back to the busiest one.
+flows to the starving member instead of back to the busiest one. A starving member takes that room
+at its next fact, at the latest its next Tick (Config.tick_interval): nobody pushes it a wake-up.
 
 The bound, for every moment: sum of grants <= total, and each scheduler keeps its bytes within its
 grant (its own invariant 2), so the bytes of all items together never exceed the total.
