@@ -53,7 +53,6 @@ from jstorrent_cli.core.choker import Choker
 from jstorrent_cli.core.diagnose import (
     StallDetector,
     StallReport,
-    detail_from_scheduler,
     diagnose,
     report_lines,
 )
@@ -377,8 +376,14 @@ class _Session:
         return diagnose(
             scheduler.snapshot(), now=now, trackers=self.status().trackers,
             rate_limited=bucket is not None and bucket.tokens < self.config.block_size,
-            detail=detail_from_scheduler(scheduler), stalled_for=stalled_for, config=self.config,
+            detail=scheduler.piece_detail(), stalled_for=stalled_for, config=self.config,
+            names=self._peer_names(),
         )
+
+    def _peer_names(self) -> dict[PeerId, str]:
+        """"ip:port" (and the client's name when its handshake said) of every connection, for reports."""
+        links = self.manager.links.values() if self.manager is not None else ()
+        return {link.peer: f"{link.ip}:{link.port}" + (f" {link.client}" if link.client else "") for link in links}
 
     def _show_stall(self, report: StallReport) -> None:
         self.stall_reports += 1
@@ -427,18 +432,18 @@ class _Session:
         lines += report_lines(report)
         snap = scheduler.snapshot()
         lines.append(f"Peers ({len(snap.peers)}):")
-        clients = {link.peer: link.client for link in self.manager.links.values()} if self.manager else {}
+        names = self._peer_names()
         for ps in snap.peers:
             age = "-" if ps.oldest_request_age is None else f"{ps.oldest_request_age:.1f}s"
             flags = "".join((
                 "C" if ps.peer_choking else "u", "i" if ps.am_interested else "-",
                 "I" if ps.peer_interested else "-", "S" if ps.snubbed else "-"))
             lines.append(
-                f"  {ps.ip} {clients.get(ps.peer) or '?'} [{flags}] {ps.outstanding}/{ps.limit} requests, "
+                f"  {names.get(ps.peer, ps.ip)} [{flags}] {ps.outstanding}/{ps.limit} requests, "
                 f"oldest {age}, timeout {ps.request_timeout:.1f}s, {format_rate(ps.rate)}, "
                 f"got {format_size(ps.bytes_received)}, wasted {format_size(ps.wasted_bytes)}"
                 + (f", idle: {ps.idle_reason}" if ps.idle_reason else ""))
-        detail = detail_from_scheduler(scheduler)
+        detail = scheduler.piece_detail()
         cap = self.config.state_dump_max_pieces
         needed = detail.needed.count(1)
         lines.append(f"Pieces: {snap.pieces_verified} of {snap.pieces_wanted} wanted verified, {needed} missing, "
