@@ -429,6 +429,8 @@ class Scheduler:
             return IDLE_NOTHING_WANTED
         if peer.peer_choking:
             return IDLE_CHOKED
+        if self._budget_full() and self.picker.free_blocks:
+            return IDLE_BUDGET  # said here: _flush skips hungry peers while the budget is full
         return peer.idle_reason
 
     @property
