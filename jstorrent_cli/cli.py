@@ -283,11 +283,12 @@ def _peer_address(text: str) -> tuple[str, int]:
               show_default=True, help="Print a stall report after this many seconds without a block.")
 @click.option("--stall-timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_CONFIG.stall_timeout,
               help="Give up (exit status 2) after this many seconds without a block (default: never).")
+@click.option("--log-json", default=None, help="Write every scheduler fact and command to this file (for replay).")
 def get(
     torrent_file: str, out_dir: str, peers: tuple[str, ...], port: int | None, listen: str | None, max_peers: int,
     max_buffer: str | None, seed_time: float | None, seed_ratio: float | None, max_upload_limit: str | None,
     max_download_limit: str | None, quiet: bool, as_json: bool, verbose: bool, select_file: str | None,
-    file_allocation: str, stall_report_after: float, stall_timeout: float | None,
+    file_allocation: str, stall_report_after: float, stall_timeout: float | None, log_json: str | None,
 ) -> int:
     """Download a torrent (and seed it while it runs)."""
     import dataclasses
@@ -321,7 +322,7 @@ def get(
     result = trio.run(functools.partial(
         session.run, config, torrent, out_dir, peers=addresses, display=display, listen_host=listen, port=port,
         seed_time=seed_time * 60 if seed_time is not None else None, seed_ratio=seed_ratio, handle_signals=True,
-        selected=selected, live_diagnosis=verbose,
+        selected=selected, live_diagnosis=verbose, log_json=log_json,
     ))
     if result.exception is not None and not quiet and not as_json:
         click.echo(f"jstorrent: {result.error}", err=True)
@@ -404,6 +405,16 @@ def verify(torrent_file: str, out_dir: str, select_file: str | None, as_json: bo
         more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
         raise ChecksumError(f"{len(wrong)} of {len(report.files)} files not complete: {names}{more}")
     return 0
+
+
+@cli.command()
+@click.argument("log_file", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the text timeline.")
+def replay(log_file: str, as_json: bool) -> int:
+    """Replay a --log-json log through a fresh scheduler: check its commands, show its decisions over time."""
+    from jstorrent_cli.replay import run_replay
+
+    return run_replay(log_file, as_json=as_json, echo=click.echo)
 
 
 @cli.command()

@@ -59,9 +59,17 @@ from jstorrent_cli.core.diagnose import (
 from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.core.messages import BlocksWritten, Fact, PeerId, PieceHashed, ReceivedBlock
 from jstorrent_cli.core.metainfo import Torrent
+from jstorrent_cli.core.recorder import LogHeader, RecordingScheduler
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
 from jstorrent_cli.core.selection import wanted_pieces
-from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError, StallTimeoutError
+from jstorrent_cli.errors import (
+    ExitStatus,
+    FileCreateError,
+    FileOpenError,
+    JsTorrentError,
+    StallTimeoutError,
+    StorageError,
+)
 from jstorrent_cli.tasks import listener as listener_mod
 from jstorrent_cli.tasks.connections import Address, ConnectionManager
 from jstorrent_cli.tasks.parts import layout_for_selection
@@ -210,6 +218,7 @@ class _Session:
         rng: random.Random,
         selected: Collection[int] | None = None,
         live_diagnosis: bool = False,
+        log_json: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = config
         self.torrent = torrent
@@ -236,6 +245,8 @@ class _Session:
         self.store = StateStore(self.out_dir, torrent.name, config)
         self.saver: ResumeSaver | None = None
         self.live_diagnosis = live_diagnosis
+        self.log_json = None if log_json is None else os.fspath(log_json)
+        self.log_sink: Callable[[str], None] | None = None
         self.detector = StallDetector(config.stall_report_after)
         self.note: str | None = None
         self.stall_reports = 0  # stall reports shown (tests read it)
@@ -511,6 +522,8 @@ class _Session:
             signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
                        if self.handle_signals else None)
             storage = stack.enter_context(Storage(self.out_dir, self.disk_files, self.disk_geometry, config))
+            if self.log_json is not None:
+                self.log_sink = self._open_log(stack, self.log_json)
             async with trio.open_nursery() as outer:
                 if signals is not None:
                     outer.start_soon(self.watch_signals, signals)
@@ -522,6 +535,21 @@ class _Session:
                 if not check_scope.cancelled_caught:
                     await self._transfer(storage, recovered, task_status)
                 outer.cancel_scope.cancel()
+
+    def _open_log(self, stack: contextlib.ExitStack, path: str) -> Callable[[str], None]:
+        """--log-json FILE: open it (replacing it) and return the recorder's sink; write errors end the session."""
+        try:
+            file = stack.enter_context(open(path, "w", encoding="utf-8", buffering=self.config.log_json_buffer))  # noqa: SIM115 (the stack closes it)
+        except OSError as err:
+            raise FileOpenError(f"--log-json {path}: {err.strerror}") from None
+
+        def write(line: str) -> None:
+            try:
+                file.write(line)
+            except OSError as err:
+                raise StorageError(f"--log-json {path}: {err.strerror}") from None
+
+        return write
 
     def _files_to_create(self) -> list[int] | None:
         """Zero-length files to create: all, or only the selected ones (never the unselected)."""
@@ -556,8 +584,14 @@ class _Session:
         for piece in recovered.verified:
             have[piece] = True
             self.have[piece >> 3] |= 0x80 >> (piece & 7)
-        scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
-                              wanted=self.wanted, have=have)
+        if self.log_sink is not None:  # --log-json: the scheduler gets its own seeded rng, for replays
+            header = LogHeader(config, n, torrent.piece_length, torrent.total_length,
+                               wanted=None if self.wanted is None else tuple(self.wanted), have=tuple(have),
+                               sequential=False, seed=self.rng.getrandbits(63), name=torrent.name)
+            scheduler: Scheduler = RecordingScheduler(header, self.log_sink)
+        else:
+            scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
+                                  wanted=self.wanted, have=have)
         self.scheduler = scheduler
         picker = scheduler.picker
         self.saver = ResumeSaver(
@@ -694,6 +728,7 @@ async def run(
     rng: random.Random | None = None,
     selected: Collection[int] | None = None,
     live_diagnosis: bool = False,
+    log_json: str | os.PathLike[str] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> SessionResult:
     """Download (and seed) one torrent into `out_dir`; see the module docstring.
@@ -701,13 +736,14 @@ async def run(
     `seed_time` is in seconds (math.inf: seed until cancelled). With `nursery.start(...)`, the
     listening port is reported once the session accepts connections. `selected`: 0-based file
     indexes to download (core/selection.parse_select_file; None: every file). `live_diagnosis`
-    (-v): classify the missing pieces about once a second into SessionStatus.note.
+    (-v): classify the missing pieces about once a second into SessionStatus.note. `log_json`: write the
+    scheduler's facts and commands to this file (core/recorder.py; `jstorrent replay` reads it).
     """
     session = _Session(
         config, torrent, out_dir, peers=peers, display=display if display is not None else NullDisplay(),
         listen_host=listen_host, port=port, seed_time=seed_time, seed_ratio=seed_ratio,
         handle_signals=handle_signals, peer_id=peer_id, rng=rng if rng is not None else random.Random(),
-        selected=selected, live_diagnosis=live_diagnosis,
+        selected=selected, live_diagnosis=live_diagnosis, log_json=log_json,
     )
     result = await session.run(task_status)
     session.display.finish(result)
