@@ -177,3 +177,16 @@ def test_every_fact_kind_reads_back_as_it_was_recorded() -> None:
                 if isinstance(f, m.BlocksReceived) else f for f in facts]
     assert [e.fact for e in back] == expected
     assert [e.now for e in back] == [0.5 * i for i in range(len(facts))]
+
+
+def test_the_fast_lines_are_the_generic_json() -> None:
+    from jstorrent_cli.core.recorder import _dumps, _line, record_of
+
+    data = b"z" * (16 * KiB)
+    items: list[tuple[str, object]] = [
+        ("fact", m.BlocksReceived(3, ((1, 0, data), (1, 16 * KiB, memoryview(data))))), ("fact", m.Tick()),
+        ("fact", m.BlocksWritten(((1, 0, 16 * KiB),))), ("cmd", m.WriteBlocks(((2, 16 * KiB, bytearray(data)),))),
+        ("cmd", m.SendRequests((7, 8), ((4, 0, 16 * KiB), (4, 16 * KiB, 100)))), ("cmd", m.SendCancels(0, ())),
+    ]
+    for kind, item in items:
+        assert json.loads(_line(kind, item, 12.25)) == json.loads(_dumps(record_of(kind, item, 12.25)))
