@@ -187,6 +187,8 @@ def test_the_fast_lines_are_the_generic_json() -> None:
         ("fact", m.BlocksReceived(3, ((1, 0, data), (1, 16 * KiB, memoryview(data))))), ("fact", m.Tick()),
         ("fact", m.BlocksWritten(((1, 0, 16 * KiB),))), ("cmd", m.WriteBlocks(((2, 16 * KiB, bytearray(data)),))),
         ("cmd", m.SendRequests((7, 8), ((4, 0, 16 * KiB), (4, 16 * KiB, 100)))), ("cmd", m.SendCancels(0, ())),
+        ("cmd", m.HashPiece(5)), ("cmd", m.HashPiece(5, True)), ("fact", m.PieceHashed(5, True)),
+        ("fact", m.PieceHashed(5, False, (b"\x01" * 20,))), ("cmd", m.SendHave(9)), ("cmd", m.SendHave(9, 2)),
     ]
     for kind, item in items:
         assert json.loads(_line(kind, item, 12.25)) == json.loads(_dumps(record_of(kind, item, 12.25)))

@@ -103,8 +103,8 @@ def _dumps(record: dict[str, object]) -> str:
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
-# Hand-written lines for the records of every block (a few per block): the same JSON `_dumps(record_of(...))`
-# writes, several times cheaper (a download logs some 5 records per 16 KiB block).
+# Hand-written lines for the records of every block and piece: the same JSON `_dumps(record_of(...))` writes,
+# several times cheaper (a download logs 4-7 records per 16 KiB block).
 
 
 def _peer(peer: m.PeerId) -> str:
@@ -134,6 +134,12 @@ def _fast_line(item: object, now: float, kind: str) -> str | None:
             return f'{head}"SendCancels","peer":{_peer(peer)},"cancels":[{_refs(refs)}]}}\n'
         case m.Tick():
             return f'{head}"Tick"}}\n'
+        case m.HashPiece(piece, want):
+            return f'{head}"HashPiece","piece":{piece},"want_block_digests":{"true" if want else "false"}}}\n'
+        case m.PieceHashed(piece, ok, None):
+            return f'{head}"PieceHashed","piece":{piece},"ok":{"true" if ok else "false"},"block_digests":null}}\n'
+        case m.SendHave(piece, None):
+            return f'{head}"SendHave","piece":{piece},"peer":null}}\n'
     return None
 
 
