@@ -192,3 +192,12 @@ def test_the_fast_lines_are_the_generic_json() -> None:
     ]
     for kind, item in items:
         assert json.loads(_line(kind, item, 12.25)) == json.loads(_dumps(record_of(kind, item, 12.25)))
+
+
+async def test_a_log_that_cannot_be_created_fails_the_download_in_one_line(tmp_path: Path) -> None:
+    _, torrent = build_torrent("x", random_files(93, [64 * KiB]), 16 * KiB)
+    with trio.fail_after(DEADLINE):
+        result = await session.run(DEFAULT_CONFIG, torrent, tmp_path / "out", listen_host="127.0.0.3", port=0,
+                                   log_json=tmp_path / "no" / "such" / "dir.log")
+    assert result.status == "error" and result.exit_status == int(ExitStatus.FILE_OPEN)
+    assert result.error is not None and "--log-json" in result.error and "\n" not in result.error
