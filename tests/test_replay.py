@@ -15,7 +15,7 @@ import trio
 
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB
 from jstorrent_cli.core import messages as m
-from jstorrent_cli.core.recorder import LOG_NAME, LogHeader, RecordingScheduler, read_log
+from jstorrent_cli.core.recorder import LOG_NAME, LogError, LogHeader, RecordingScheduler, read_log
 from jstorrent_cli.core.replay import Replay
 from jstorrent_cli.errors import ExitStatus
 from jstorrent_cli.tasks import session
@@ -108,11 +108,17 @@ async def test_one_changed_command_is_reported_as_the_first_divergence(recorded:
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\xff garbage\n", b'{"log": "jstorrent-scheduler", "version": 1}\n',
-                                     "truncated"])
+                                     "truncated", "huge block"])
 async def test_garbage_or_truncated_logs_are_one_line_and_status_28(
         recorded: Path, tmp_path: Path, content: bytes | str) -> None:
     path = tmp_path / "x.log"
-    if content == "truncated":  # a run killed mid-write: the last line is cut
+    if content == "huge block":  # a block of 1 TiB would be allocated by a trusting reader
+        lines = recorded.read_text().splitlines(keepends=True)
+        index = next(i for i, line in enumerate(lines) if '"fact":"BlocksReceived"' in line)
+        record = json.loads(lines[index])
+        record["blocks"][0][2] = 1 << 40
+        path.write_text("".join(lines[:index]) + json.dumps(record) + "\n" + "".join(lines[index + 1:]))
+    elif content == "truncated":  # a run killed mid-write: the last line is cut
         data = recorded.read_bytes()
         cut = len(data) // 2
         path.write_bytes(data[: cut - 1 if data[cut - 1] == ord("\n") else cut])  # never at a line's end
@@ -201,3 +207,23 @@ async def test_a_log_that_cannot_be_created_fails_the_download_in_one_line(tmp_p
                                    log_json=tmp_path / "no" / "such" / "dir.log")
     assert result.status == "error" and result.exit_status == int(ExitStatus.FILE_OPEN)
     assert result.error is not None and "--log-json" in result.error and "\n" not in result.error
+
+
+@pytest.mark.parametrize(("bad", "join_first"), [
+    ('{"t":1.0,"fact":"Have","peer":0,"piece":"five"}', True),  # a field of the wrong type
+    ('{"t":1.0,"fact":"PeerJoined","peer":0,"ip":"127.0.0.2","have_all":true}', True),  # the same peer joins twice
+    ('{"t":1.0,"fact":"Sneezed","peer":0}', True),  # not a fact
+    ('{"t":1.0,"cmd":"SendHave","piece":0,"peer":null}', False),  # a command before any fact
+])
+def test_a_hand_edited_log_is_a_log_error_naming_the_line(bad: str, join_first: bool) -> None:
+    lines: list[str] = []
+    header = LogHeader(DEFAULT_CONFIG, 4, 32 * KiB, 128 * KiB, wanted=None, have=None, sequential=False, seed=5)
+    s = RecordingScheduler(header, lines.append)
+    if join_first:
+        s.handle(m.PeerJoined(0, "127.0.0.2", have_all=True), 0.0)
+    lines.append(bad + "\n")
+    read_header, entries = read_log(lines)
+    replay = Replay(read_header)
+    with pytest.raises(LogError, match=f"line {len(lines)}:"):
+        for entry in entries:
+            replay.feed(entry)

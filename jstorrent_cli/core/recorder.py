@@ -37,6 +37,9 @@ _FACTS: dict[str, type[Any]] = {cls.__name__: cls for cls in (
     m.PeerJoined, m.Have, m.Choked, m.Unchoked, m.PeerInterested, m.PeerNotInterested, m.BlocksReceived,
     m.RequestRejected, m.AllowedFast, m.PeerGone, m.BlocksWritten, m.PieceHashed, m.Tick)}
 _BYTES_FIELDS = frozenset({"bitfield"})  # hex in the log
+# Fields checked for their type (the annotations are strings here), so a hand-edited log is a LogError.
+_CHECKED: dict[object, type | tuple[type, ...]] = {
+    "int": int, "bool": bool, "str": str, "int | None": (int, type(None))}
 
 
 class LogError(UsageError):
@@ -252,7 +255,14 @@ def parse_header(line: str) -> LogHeader:
         raise LogError(f"line 1: bad header: {err}") from None
 
 
-def _fact(record: dict[str, Any]) -> m.Fact:
+def _length(value: object, most: int) -> int:
+    n = _int(value, "length")
+    if not 0 <= n <= most:
+        raise ValueError(f"a block of {n} bytes (blocks are at most {most})")
+    return n
+
+
+def _fact(record: dict[str, Any], block_size: int) -> m.Fact:
     cls = _FACTS.get(record.get("fact"))  # type: ignore[arg-type]
     if cls is None:
         raise ValueError(f"unknown fact {record.get('fact')!r}")
@@ -264,13 +274,16 @@ def _fact(record: dict[str, Any]) -> m.Fact:
         if field.name in _BYTES_FIELDS:
             value = bytes.fromhex(value)
         elif field.name == "blocks" and cls is m.BlocksReceived:
-            value = tuple((_int(p, "piece"), _int(b, "begin"), bytes(_int(n, "length"))) for p, b, n in value)
+            value = tuple((_int(p, "piece"), _int(b, "begin"), bytes(_length(n, block_size))) for p, b, n in value)
         elif field.name == "blocks":
             value = tuple((_int(p, "piece"), _int(b, "begin"), _int(n, "length")) for p, b, n in value)
         elif field.name == "block_digests" and value is not None:
             value = tuple(bytes.fromhex(d) for d in value)
         elif field.name == "peer" and isinstance(value, list):
             value = tuple(value)  # a tuple peer id (the session's are ints)
+        elif (field.type in _CHECKED and not isinstance(value, _CHECKED[field.type])) or (
+                field.type == "int" and isinstance(value, bool)):
+            raise ValueError(f"{field.name} is {value!r}")
         args[field.name] = value
     fact: m.Fact = cls(**args)
     return fact
@@ -283,10 +296,10 @@ def read_log(lines: Iterable[str]) -> tuple[LogHeader, Iterator[Entry]]:
     if first is None or not first.strip():
         raise LogError("line 1: empty: this is not a jstorrent --log-json file")
     header = parse_header(first)
-    return header, _entries(it)
+    return header, _entries(it, header.config.block_size)
 
 
-def _entries(lines: Iterator[str]) -> Iterator[Entry]:
+def _entries(lines: Iterator[str], block_size: int) -> Iterator[Entry]:
     pending: dict[str, Any] | None = None
     pending_line = 0
     commands: list[dict[str, object]] = []
@@ -303,7 +316,7 @@ def _entries(lines: Iterator[str]) -> Iterator[Entry]:
             if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
                 raise ValueError("no time")
             if "fact" in record:
-                fact = _fact(record)
+                fact = _fact(record, block_size)
             elif "cmd" in record:
                 if pending is None:
                     raise ValueError("a command before any fact")

@@ -19,7 +19,7 @@ from typing import Any
 
 from jstorrent_cli.core import messages as m
 from jstorrent_cli.core.diagnose import StallDetector, StallReport, diagnose
-from jstorrent_cli.core.recorder import Entry, LogHeader, command_record
+from jstorrent_cli.core.recorder import Entry, LogError, LogHeader, command_record
 from jstorrent_cli.errors import JsTorrentError
 
 
@@ -118,7 +118,10 @@ class Replay:
                 second.verified += 1
             else:
                 second.failed += 1
-        out = self.scheduler.handle(fact, now)
+        try:
+            out = self.scheduler.handle(fact, now)
+        except (ValueError, TypeError, KeyError, IndexError) as err:  # only a log edited by hand gets here
+            raise LogError(f"line {entry.line}: the scheduler cannot take this {type(fact).__name__}: {err}") from None
         self.facts += 1
         replayed = [command_record(cmd) for cmd in out]
         for i in range(max(len(replayed), len(entry.commands))):
