@@ -13,6 +13,7 @@ the scheduler into it by hand, tests/core/test_diagnose.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from jstorrent_cli.config import Config, KiB
 from jstorrent_cli.core import wire
 from jstorrent_cli.core.diagnose import Reason, StallReport
 from jstorrent_cli.core.messages import BlockData
+from jstorrent_cli.core.recorder import read_log
+from jstorrent_cli.core.replay import Replay
 from jstorrent_cli.tasks import session
 from jstorrent_cli.tasks.storage import Storage
 from tests.conftest import FileSpec, assert_payload, build_torrent, random_files
@@ -221,3 +224,36 @@ async def test_pieces_no_connected_peer_has(tmp_path: Path) -> None:
     assert report.missing_pieces == 2 and pieces_of(report, Reason.NOBODY_HAS_IT) == {2, 3}  # 0-1 arrived
     assert [(p.name, p.reason) for p in report.idle_peers] == [(f"127.0.0.26:{port}", "has nothing we want")]
     assert "The only connected peer does not have the 2 missing pieces" in report.most_likely_cause
+
+
+# --- a recorded stall, replayed ------------------------------------------------------------------------------
+
+
+async def test_a_recorded_stall_replays_with_the_same_classification(tmp_path: Path) -> None:
+    """The silent peer again, with --log-json: the replay of the log finds the stall and blames the same reason
+    and pieces as the live report (its clock is the log's, so it is checked at the recorded report delay)."""
+    peer, _ = make_peer("127.0.0.27", 83, 256 * KiB, 32 * KiB, answer=False)
+    log = tmp_path / "stall.log"
+    display = Recorder()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(peer.serve)
+            nursery.start_soon(functools.partial(
+                session.run, FAST, peer.torrent, tmp_path / "out", peers=[(peer.host, port)], listen_host=OUR_HOST,
+                port=0, display=display, log_json=log, live_diagnosis=True))
+            await display.stalled.wait()
+            # The replay's clock starts at the first fact, a little after the live one: let the log run on
+            # (the -v note counts the stall's seconds) so it reaches the replay's stall moment too.
+            while not any(note.startswith("stalled 2s") for note in display.notes):
+                await trio.sleep(FAST.stall_check_interval)  # the display polls at this pace too
+            nursery.cancel_scope.cancel()
+    live = display.reports[0]
+    header, entries = read_log(log.read_text().splitlines(keepends=True))
+    replay = Replay(header)
+    assert all(replay.feed(entry) for entry in entries)  # no divergence
+    assert replay.divergence is None and replay.facts > 0
+    stalls = [e.stall for e in replay.events if e.stall is not None]
+    assert stalls, [e.text for e in replay.events]
+    replayed = stalls[0]
+    assert replayed.cause is live.cause is Reason.QUEUED
+    assert {(e.reason, e.piece_ranges) for e in replayed.reasons} == {(e.reason, e.piece_ranges) for e in live.reasons}
