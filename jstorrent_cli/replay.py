@@ -47,6 +47,34 @@ def _second_text(s: Second) -> str:
             f"  {format_size(s.bytes_in_flight):>9} {format_size(s.bytes_waiting_for_disk):>9}  {peers or '-'}")
 
 
+class _Quiet:
+    """Text mode: seconds in which nothing moved and nothing changed are shown as one line per run
+    (a 30-minute stall is one line, not 1,800)."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self.last: tuple[object, ...] | None = None  # the state of the last second shown
+        self.first = self.end = -1  # the run of held quiet seconds
+
+    def second(self, s: Second) -> None:
+        state = (s.bytes_in_flight, s.bytes_waiting_for_disk, tuple(sorted(s.outstanding.items())))
+        quiet = not (s.requested or s.received or s.cancelled or s.verified or s.failed)
+        if quiet and state == self.last and (self.first < 0 or s.start == self.end + 1):
+            if self.first < 0:
+                self.first = s.start
+            self.end = s.start
+            return
+        self.flush()
+        self.echo(_second_text(s))
+        self.last = state
+
+    def flush(self) -> None:
+        if self.first >= 0:
+            span = f"{self.first}s" if self.first == self.end else f"{self.first}-{self.end}s"
+            self.echo(f"{span:>6}  nothing moved, nothing changed")
+            self.first = self.end = -1
+
+
 def _event_text(e: Event) -> list[str]:
     lines = [f"{e.at:>8.3f}s  {e.text}"]
     if e.stall is not None:
@@ -69,6 +97,7 @@ def run_replay(path: str, *, as_json: bool, echo: Callable[[str], None]) -> int:
              f"  {'in flight':>9} {'for disk':>9}  outstanding per peer")
     shown_events = 0
     shown_seconds = 0
+    quiet = _Quiet(echo)
 
     def show(final: bool) -> None:
         nonlocal shown_events, shown_seconds
@@ -86,11 +115,15 @@ def run_replay(path: str, *, as_json: bool, echo: Callable[[str], None]) -> int:
                         record["stall"] = report_record(next_event.stall)
                     echo(json.dumps(record))
                 else:
+                    quiet.flush()
                     for line in _event_text(next_event):
                         echo(line)
                 shown_events += 1
             elif next_second is not None:
-                echo(json.dumps(next_second.record()) if as_json else _second_text(next_second))
+                if as_json:
+                    echo(json.dumps(next_second.record()))
+                else:
+                    quiet.second(next_second)
                 shown_seconds += 1
             else:
                 break
@@ -103,6 +136,7 @@ def run_replay(path: str, *, as_json: bool, echo: Callable[[str], None]) -> int:
     except LogError as err:
         raise LogError(f"{path}: {err}") from None
     show(final=True)
+    quiet.flush()
     summary = replay.summary()
     if as_json:
         echo(json.dumps(summary))

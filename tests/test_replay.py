@@ -18,6 +18,7 @@ from jstorrent_cli.core import messages as m
 from jstorrent_cli.core.recorder import LOG_NAME, LogError, LogHeader, RecordingScheduler, read_log
 from jstorrent_cli.core.replay import Replay
 from jstorrent_cli.errors import ExitStatus
+from jstorrent_cli.replay import run_replay
 from jstorrent_cli.tasks import session
 from tests.conftest import assert_payload, build_torrent, random_files, write_payload
 
@@ -138,7 +139,7 @@ async def test_a_missing_log_is_status_3(tmp_path: Path) -> None:
     assert status == int(ExitStatus.NOT_FOUND) and len(err.splitlines()) == 1
 
 
-def test_a_recorded_stall_is_classified_in_the_replay() -> None:
+def test_a_recorded_stall_is_classified_in_the_replay(tmp_path: Path) -> None:
     """A peer that takes requests and never answers: the replay's timeline has the stall and its cause."""
     lines: list[str] = []
     header = LogHeader(DEFAULT_CONFIG, 4, 32 * KiB, 128 * KiB, wanted=None, have=None, sequential=False, seed=5)
@@ -157,6 +158,14 @@ def test_a_recorded_stall_is_classified_in_the_replay() -> None:
     assert "127.0.0.2 (#0)" in stall.text  # the replay names peers as the log introduced them
     assert replay.seconds[0].requested == DEFAULT_CONFIG.peer_limit_initial
     assert replay.seconds[0].outstanding == {"127.0.0.2 (#0)": DEFAULT_CONFIG.peer_limit_initial}
+    # The text timeline: quiet seconds as one line per run, the stall with its cause.
+    log = tmp_path / "stall.log"
+    log.write_text("".join(lines))
+    out: list[str] = []
+    assert run_replay(str(log), as_json=False, echo=out.append) == 0
+    assert "  1-9s  nothing moved, nothing changed" in out  # the first timeout comes at 10 s
+    assert any(line.lstrip().startswith(f"{stall.at:.3f}s  stall: no block for") for line in out)
+    assert len(out) < 40  # not one line per second of a 31 s log
 
 
 def test_every_fact_kind_reads_back_as_it_was_recorded() -> None:
