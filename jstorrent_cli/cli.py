@@ -289,12 +289,13 @@ def _peer_address(text: str) -> tuple[str, int]:
               show_default=True, help="Print a stall report after this many seconds without a block.")
 @click.option("--stall-timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_CONFIG.stall_timeout,
               help="Give up (exit status 2) after this many seconds without a block (default: never).")
+@click.option("--log-json", default=None, help="Write every scheduler fact and command to this file (for replay).")
 def get(
     torrent_files: tuple[str, ...], input_file: str | None, max_concurrent: int,
     out_dir: str, peers: tuple[str, ...], port: int | None, listen: str | None, max_peers: int,
     max_buffer: str | None, seed_time: float | None, seed_ratio: float | None, max_upload_limit: str | None,
     max_download_limit: str | None, quiet: bool, as_json: bool, verbose: bool, select_file: str | None,
-    file_allocation: str, stall_report_after: float, stall_timeout: float | None,
+    file_allocation: str, stall_report_after: float, stall_timeout: float | None, log_json: str | None,
 ) -> int:
     """Download torrents (and seed them while they run): several at a time with -j, or a list with -i."""
     import dataclasses
@@ -316,6 +317,8 @@ def get(
             select_file, len(torrent.files), [f.pad for f in torrent.files])
     elif select_file is not None:
         raise UsageError("--select-file works with one torrent only, not with several or -i")
+    elif log_json is not None:
+        raise UsageError("--log-json works with one torrent only, not with several or -i")
     if not math.isfinite(stall_report_after):
         raise UsageError(f"--stall-report-after {stall_report_after}: give a number of seconds")
     config = dataclasses.replace(
@@ -340,7 +343,7 @@ def get(
     result = trio.run(functools.partial(
         session.run, config, torrent, out_dir, peers=addresses, display=display, listen_host=listen, port=port,
         seed_time=seed_time * 60 if seed_time is not None else None, seed_ratio=seed_ratio, handle_signals=True,
-        selected=selected, live_diagnosis=verbose,
+        selected=selected, live_diagnosis=verbose, log_json=log_json,
     ))
     if result.exception is not None and not quiet and not as_json:
         click.echo(f"jstorrent: {result.error}", err=True)
@@ -465,6 +468,16 @@ def verify(torrent_file: str, out_dir: str, select_file: str | None, as_json: bo
         more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
         raise ChecksumError(f"{len(wrong)} of {len(report.files)} files not complete: {names}{more}")
     return 0
+
+
+@cli.command()
+@click.argument("log_file", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the text timeline.")
+def replay(log_file: str, as_json: bool) -> int:
+    """Replay a --log-json log through a fresh scheduler: check its commands, show its decisions over time."""
+    from jstorrent_cli.replay import run_replay
+
+    return run_replay(log_file, as_json=as_json, echo=click.echo)
 
 
 @cli.command()

@@ -237,6 +237,9 @@ class Config:
     stall_check_interval: float = 1.0
     # A SIGUSR1 state dump lists at most this many started pieces (the rest is counted).
     state_dump_max_pieces: int = 64
+    # --log-json: the log file's write buffer (bytes): a few thousand records per write, so the log costs
+    # about one write call per MiB instead of one per fact.
+    log_json_buffer: int = 1 * MiB
 
     # --- display (ui/) ---------------------------------------------------------------------------
     # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.

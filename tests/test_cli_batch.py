@@ -132,6 +132,8 @@ def test_a_bad_list_is_one_line_naming_the_line_and_exit_28(tmp_path: Path) -> N
     assert result.returncode == 3 and "nope.txt: no such file" in result.stderr
     result = _run("get", "a.torrent", "b.torrent", "--select-file", "1", cwd=tmp_path)
     assert result.returncode == 28 and "--select-file" in result.stderr
+    result = _run("get", "a.torrent", "b.torrent", "--log-json", "log.jsonl", cwd=tmp_path)
+    assert result.returncode == 28 and "--log-json" in result.stderr and not (tmp_path / "log.jsonl").exists()
 
 
 async def test_ctrl_c_stops_every_item_reports_them_interrupted_and_exits_130(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jstorrent_cli.config import Config
 from jstorrent_cli.core.budget import BudgetPool
@@ -153,6 +153,42 @@ class SchedulerSnapshot:
     @property
     def budget_used(self) -> int:
         return self.bytes_in_flight + self.bytes_waiting_for_disk
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActivePieceDetail:
+    """Block counts of one started, not yet verified piece (FREE + REQUESTED + RECEIVED + WRITTEN = blocks)."""
+
+    piece: int
+    free: int
+    requested: int
+    received: int  # received, not yet written
+    written: int
+    # (holder, time its oldest outstanding request in this piece was sent), oldest first
+    requested_from: tuple[tuple[PeerId, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class PieceDetail:
+    """Per-piece state for the stall diagnosis (core/diagnose.py), from `Scheduler.piece_detail()`.
+
+    `needed` and each `peer_has` entry are one byte (0/1) per piece, like the picker's own arrays.
+    """
+
+    num_pieces: int
+    piece_length: int
+    total_length: int
+    block_size: int
+    needed: bytes  # 1 = wanted and not verified
+    active: tuple[ActivePieceDetail, ...]  # every started piece that is still needed
+    peer_has: Mapping[PeerId, bytes | None]  # per joined peer; None = it has every piece (a seed)
+    allowed_fast: Mapping[PeerId, frozenset[int]] = dataclasses.field(default_factory=dict)
+    barred: Mapping[PeerId, frozenset[int]] = dataclasses.field(default_factory=dict)  # not asked again yet
+
+    def piece_size(self, piece: int) -> int:
+        if piece == self.num_pieces - 1:
+            return self.total_length - self.piece_length * (self.num_pieces - 1)
+        return self.piece_length
 
 
 class _Peer:
@@ -378,6 +414,42 @@ class Scheduler:
             finished=picker.needed_count == 0,
         )
 
+    def piece_detail(self) -> PieceDetail:
+        """What the snapshot does not carry and the stall diagnosis needs: per started piece its block
+        counts and holders, per peer what it has, its allowed-fast pieces and its bars (as of the last fact).
+
+        Cost: one C copy of the needed array and of each non-seed peer's bitmap (O(pieces x peers) bytes)
+        plus O(blocks) per started piece (the start cap keeps those few) and O(bars) per peer.
+        """
+        picker = self.picker
+        needed_arr = picker.needed
+        active: list[ActivePieceDetail] = []
+        for piece, ap in picker.active.items():
+            if not needed_arr[piece]:
+                continue
+            states = ap.states
+            oldest: dict[PeerId, float] = {}
+            for holders in ap.holders:
+                if holders:
+                    for pid, sent in holders.items():
+                        if sent < oldest.get(pid, sent + 1.0):
+                            oldest[pid] = sent
+            free, requested, received = states.count(FREE), states.count(REQUESTED), states.count(RECEIVED)
+            active.append(ActivePieceDetail(
+                piece=piece, free=free, requested=requested, received=received,
+                written=ap.nblocks - free - requested - received,
+                requested_from=tuple(sorted(oldest.items(), key=lambda item: item[1]))))
+        now = self._now
+        peers = self._peers.values()
+        return PieceDetail(
+            num_pieces=picker.num_pieces, piece_length=picker.piece_length, total_length=picker.total_length,
+            block_size=picker.block_size, needed=bytes(needed_arr), active=tuple(active),
+            peer_has={p.id: None if p.pieces.bitmap is None else bytes(p.pieces.bitmap) for p in peers},
+            allowed_fast={p.id: frozenset(p.allowed_fast) for p in peers if p.fast and p.allowed_fast},
+            barred={p.id: bars for p in peers if p.bars
+                    and (bars := frozenset(piece for piece, until in p.bars.items() if now < until))},
+        )
+
     def _idle_reason(self, peer: _Peer) -> str | None:
         if peer.outstanding or len(peer.outstanding) >= peer.limit:
             return None
@@ -385,6 +457,8 @@ class Scheduler:
             return IDLE_NOTHING_WANTED
         if peer.peer_choking:
             return IDLE_CHOKED
+        if self._budget_full() and self.picker.free_blocks:
+            return IDLE_BUDGET  # said here: _flush skips hungry peers while the budget is full
         return peer.idle_reason
 
     @property
@@ -1096,7 +1170,9 @@ class Scheduler:
 __all__ = [
     "FREE",
     "REQUESTED",
+    "ActivePieceDetail",
     "PeerSnapshot",
+    "PieceDetail",
     "Scheduler",
     "SchedulerSnapshot",
 ]

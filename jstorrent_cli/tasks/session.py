@@ -54,16 +54,23 @@ from jstorrent_cli.core.choker import Choker
 from jstorrent_cli.core.diagnose import (
     StallDetector,
     StallReport,
-    detail_from_scheduler,
     diagnose,
     report_lines,
 )
 from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.core.messages import BlocksWritten, Fact, PeerId, PieceHashed, ReceivedBlock
 from jstorrent_cli.core.metainfo import Torrent
+from jstorrent_cli.core.recorder import LogHeader, RecordingScheduler
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
 from jstorrent_cli.core.selection import wanted_pieces
-from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError, StallTimeoutError
+from jstorrent_cli.errors import (
+    ExitStatus,
+    FileCreateError,
+    FileOpenError,
+    JsTorrentError,
+    StallTimeoutError,
+    StorageError,
+)
 from jstorrent_cli.tasks import listener as listener_mod
 from jstorrent_cli.tasks.connections import Address, ConnectionManager, PeerSlots
 from jstorrent_cli.tasks.parts import layout_for_selection
@@ -223,6 +230,7 @@ class _Session:
         rng: random.Random,
         selected: Collection[int] | None = None,
         live_diagnosis: bool = False,
+        log_json: str | os.PathLike[str] | None = None,
         shared: Shared | None = None,
         interrupt: trio.Event | None = None,
     ) -> None:
@@ -253,6 +261,8 @@ class _Session:
         self.store = StateStore(self.out_dir, torrent.name, config)
         self.saver: ResumeSaver | None = None
         self.live_diagnosis = live_diagnosis
+        self.log_json = None if log_json is None else os.fspath(log_json)
+        self.log_sink: Callable[[str], None] | None = None
         self.detector = StallDetector(config.stall_report_after)
         self.note: str | None = None
         self.stall_reports = 0  # stall reports shown (tests read it)
@@ -393,8 +403,14 @@ class _Session:
         return diagnose(
             scheduler.snapshot(), now=now, trackers=self.status().trackers,
             rate_limited=bucket is not None and bucket.tokens < self.config.block_size,
-            detail=detail_from_scheduler(scheduler), stalled_for=stalled_for, config=self.config,
+            detail=scheduler.piece_detail(), stalled_for=stalled_for, config=self.config,
+            names=self._peer_names(),
         )
+
+    def _peer_names(self) -> dict[PeerId, str]:
+        """"ip:port" (and the client's name when its handshake said) of every connection, for reports."""
+        links = self.manager.links.values() if self.manager is not None else ()
+        return {link.peer: f"{link.ip}:{link.port}" + (f" {link.client}" if link.client else "") for link in links}
 
     def _show_stall(self, report: StallReport) -> None:
         self.stall_reports += 1
@@ -443,18 +459,18 @@ class _Session:
         lines += report_lines(report)
         snap = scheduler.snapshot()
         lines.append(f"Peers ({len(snap.peers)}):")
-        clients = {link.peer: link.client for link in self.manager.links.values()} if self.manager else {}
+        names = self._peer_names()
         for ps in snap.peers:
             age = "-" if ps.oldest_request_age is None else f"{ps.oldest_request_age:.1f}s"
             flags = "".join((
                 "C" if ps.peer_choking else "u", "i" if ps.am_interested else "-",
                 "I" if ps.peer_interested else "-", "S" if ps.snubbed else "-"))
             lines.append(
-                f"  {ps.ip} {clients.get(ps.peer) or '?'} [{flags}] {ps.outstanding}/{ps.limit} requests, "
+                f"  {names.get(ps.peer, ps.ip)} [{flags}] {ps.outstanding}/{ps.limit} requests, "
                 f"oldest {age}, timeout {ps.request_timeout:.1f}s, {format_rate(ps.rate)}, "
                 f"got {format_size(ps.bytes_received)}, wasted {format_size(ps.wasted_bytes)}"
                 + (f", idle: {ps.idle_reason}" if ps.idle_reason else ""))
-        detail = detail_from_scheduler(scheduler)
+        detail = scheduler.piece_detail()
         cap = self.config.state_dump_max_pieces
         needed = detail.needed.count(1)
         lines.append(f"Pieces: {snap.pieces_verified} of {snap.pieces_wanted} wanted verified, {needed} missing, "
@@ -522,6 +538,8 @@ class _Session:
             signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
                        if self.handle_signals else None)
             storage = stack.enter_context(Storage(self.out_dir, self.disk_files, self.disk_geometry, config))
+            if self.log_json is not None:
+                self.log_sink = self._open_log(stack, self.log_json)
             async with trio.open_nursery() as outer:
                 if signals is not None:
                     outer.start_soon(self.watch_signals, signals)
@@ -535,6 +553,21 @@ class _Session:
                 if not check_scope.cancelled_caught:
                     await self._transfer(storage, recovered, task_status)
                 outer.cancel_scope.cancel()
+
+    def _open_log(self, stack: contextlib.ExitStack, path: str) -> Callable[[str], None]:
+        """--log-json FILE: open it (replacing it) and return the recorder's sink; write errors end the session."""
+        try:
+            file = stack.enter_context(open(path, "w", encoding="utf-8", buffering=self.config.log_json_buffer))  # noqa: SIM115 (the stack closes it)
+        except OSError as err:
+            raise FileOpenError(f"--log-json {path}: {err.strerror}") from None
+
+        def write(line: str) -> None:
+            try:
+                file.write(line)
+            except OSError as err:
+                raise StorageError(f"--log-json {path}: {err.strerror}") from None
+
+        return write
 
     def _files_to_create(self) -> list[int] | None:
         """Zero-length files to create: all, or only the selected ones (never the unselected)."""
@@ -575,9 +608,15 @@ class _Session:
         for piece in recovered.verified:
             have[piece] = True
             self.have[piece >> 3] |= 0x80 >> (piece & 7)
-        scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
-                              wanted=self.wanted, have=have,
-                              budget_pool=self.shared.pool if self.shared is not None else None)
+        if self.log_sink is not None:  # --log-json: the scheduler gets its own seeded rng, for replays
+            header = LogHeader(config, n, torrent.piece_length, torrent.total_length,
+                               wanted=None if self.wanted is None else tuple(self.wanted), have=tuple(have),
+                               sequential=False, seed=self.rng.getrandbits(63), name=torrent.name)
+            scheduler: Scheduler = RecordingScheduler(header, self.log_sink)
+        else:
+            scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
+                                  wanted=self.wanted, have=have,
+                                  budget_pool=self.shared.pool if self.shared is not None else None)
         self.scheduler = scheduler
         picker = scheduler.picker
         self.saver = ResumeSaver(
@@ -728,6 +767,7 @@ async def run(
     rng: random.Random | None = None,
     selected: Collection[int] | None = None,
     live_diagnosis: bool = False,
+    log_json: str | os.PathLike[str] | None = None,
     shared: Shared | None = None,
     interrupt: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -737,15 +777,16 @@ async def run(
     `seed_time` is in seconds (math.inf: seed until cancelled). With `nursery.start(...)`, the
     listening port is reported once the session accepts connections. `selected`: 0-based file
     indexes to download (core/selection.parse_select_file; None: every file). `live_diagnosis`
-    (-v): classify the missing pieces about once a second into SessionStatus.note. `shared` (a batch):
-    use its port, connection limit and budget instead of opening our own. `interrupt`: when set, stop
-    as on a first Ctrl-C (result "interrupted").
+    (-v): classify the missing pieces about once a second into SessionStatus.note. `log_json`: write the
+    scheduler's facts and commands to this file (core/recorder.py; `jstorrent replay` reads it).
+    `shared` (a batch): use its port, connection limit and budget instead of opening our own (not with
+    `log_json`). `interrupt`: when set, stop as on a first Ctrl-C (result "interrupted").
     """
     session = _Session(
         config, torrent, out_dir, peers=peers, display=display if display is not None else NullDisplay(),
         listen_host=listen_host, port=port, seed_time=seed_time, seed_ratio=seed_ratio,
         handle_signals=handle_signals, peer_id=peer_id, rng=rng if rng is not None else random.Random(),
-        selected=selected, live_diagnosis=live_diagnosis, shared=shared, interrupt=interrupt,
+        selected=selected, live_diagnosis=live_diagnosis, log_json=log_json, shared=shared, interrupt=interrupt,
     )
     result = await session.run(task_status)
     session.display.finish(result)
