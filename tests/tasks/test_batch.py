@@ -66,9 +66,18 @@ def items(*sources: str, dirs: dict[int, str] | None = None) -> list[BatchItem]:
 
 async def start_seeder(nursery: trio.Nursery, tmp_path: Path, sources: Sequence[str], host: str,
                        config: Config = DEFAULT_CONFIG) -> int:
-    """A jstorrent batch seeding every source from tmp_path/seed on one port (the router at work)."""
+    """A jstorrent batch seeding every source from tmp_path/seed on one port (the router at work), once every
+    item has checked its data and registered its info hash (a connection before that would be closed)."""
     options = BatchOptions(out_dir=str(tmp_path / "seed"), listen_host=host, port=0, seed_time=math.inf)
-    port: int = await nursery.start(run_batch, config, items(*sources), options, Recorder(), read_torrent_file)
+    recorder = Recorder()
+    port: int = await nursery.start(run_batch, config, items(*sources), options, recorder, read_torrent_file)
+
+    def seeding() -> bool:
+        last = recorder.samples[-1] if recorder.samples else None
+        return last is not None and all(i.status is not None and i.status.state.value == "seeding" for i in last.items)
+
+    while not seeding():
+        await trio.sleep(0.01)
     return port
 
 
@@ -219,3 +228,4 @@ async def test_libtorrent_connecting_to_our_one_port_feeds_both_items(tmp_path: 
     assert [r.status for r in recorder.finished] == [STATUS_OK, STATUS_OK], (recorder.finished, lt_peer.alerts())
     for name, files in made:
         assert_payload(tmp_path / "out", name, files)
+
