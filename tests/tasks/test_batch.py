@@ -229,3 +229,34 @@ async def test_libtorrent_connecting_to_our_one_port_feeds_both_items(tmp_path: 
     for name, files in made:
         assert_payload(tmp_path / "out", name, files)
 
+
+async def test_two_torrents_with_one_name_in_one_folder_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    """Two different torrents both named `same` into one folder would write the same files and the same resume
+    state: the later item fails (file exists, exit 13) naming the earlier one, whose download stays intact."""
+    payloads = []
+    for n in range(2):
+        files = random_files(300 + n, [200 * KiB + 7])
+        data, _ = build_torrent("same", files, 32 * KiB)
+        (tmp_path / f"same{n}.torrent").write_bytes(data)
+        write_payload(tmp_path / f"seed{n}", "same", files)
+        payloads.append(files)
+    sources = [str(tmp_path / "same0.torrent"), str(tmp_path / "same1.torrent")]
+    config = dataclasses.replace(DEFAULT_CONFIG, max_concurrent_downloads=2)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            ports = []
+            for n, host in enumerate(("127.0.0.2", "127.0.0.4")):
+                seed_options = BatchOptions(out_dir=str(tmp_path / f"seed{n}"), listen_host=host, port=0,
+                                            seed_time=math.inf)
+                ports.append(await nursery.start(run_batch, DEFAULT_CONFIG, items(sources[n]), seed_options,
+                                                 Recorder(), read_torrent_file))
+            options = BatchOptions(out_dir=str(tmp_path / "out"), listen_host="127.0.0.3", port=0,
+                                   peers=[("127.0.0.2", ports[0]), ("127.0.0.4", ports[1])])
+            result = await run_batch(config, items(*sources), options, Recorder(), read_torrent_file)
+            nursery.cancel_scope.cancel()
+    first, second = result.results
+    assert first.status == STATUS_OK, first
+    assert second.status == STATUS_ERROR and second.exit_status == 13, second
+    assert "#1" in (second.error or "") and "dir=" in (second.error or "")
+    assert second.bytes == 0 and result.exit_status == 13
+    assert_payload(tmp_path / "out", "same", payloads[0])
