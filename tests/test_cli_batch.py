@@ -99,10 +99,10 @@ async def test_results_table_from_stdin_with_a_duplicate(tmp_path: Path) -> None
     out = done.stdout.decode().splitlines()
     start = out.index("Download Results:")
     assert out[start + 1] == "gid   |stat|avg speed  |path/URI"
-    assert out[start + 2] == "======+====+===========+====="
+    assert out[start + 2] == "======+====+===========+" + "=" * 55
     rows = [line.split("|") for line in out[start + 3 : start + 8]]
-    assert [(r[0].strip(), r[1]) for r in rows] == [("1", " ERR"), ("2", "  OK"), ("3", " ERR"), ("4", " DUP"),
-                                                     ("5", "  OK")]
+    assert [(r[0].strip(), r[1]) for r in rows] == [("1", "ERR "), ("2", "OK  "), ("3", "ERR "), ("4", "DUP "),
+                                                     ("5", "OK  ")]
     assert rows[0][3] == str(tmp_path / "out" / made["lonely"][0])  # it started: its output path
     assert rows[1][3] == str(tmp_path / "out" / made["good0"][0])
     assert rows[2][3] == str(tmp_path / "missing.torrent")  # never started: its source

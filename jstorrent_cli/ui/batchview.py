@@ -58,11 +58,12 @@ PHASE_ACTIVE = "active"
 PHASE_DONE = "done"
 PHASE_FAILED = "failed"
 
-# aria2c's results table: column widths and status words (formats, not limits).
+# aria2c's results table: column widths, the rule's length and status words, left-aligned as aria2c prints
+# them (formats, not limits).
 _GID_WIDTH = 6
 _STAT_WIDTH = 4
 _SPEED_WIDTH = 11
-_PATH_RULE = 5
+_PATH_RULE = 55
 _STAT_WORDS = {STATUS_OK: "OK", STATUS_ERROR: "ERR", STATUS_INTERRUPTED: "INPR", STATUS_DUPLICATE: "DUP"}
 _LEGEND = {
     "OK": "download completed.",
@@ -165,7 +166,7 @@ def results_table(results: Sequence[ItemResult]) -> list[str]:
              f"{'=' * _GID_WIDTH}+{'=' * _STAT_WIDTH}+{'=' * _SPEED_WIDTH}+{'=' * _PATH_RULE}"]
     for r in sorted(results, key=lambda r: r.id):
         word = _STAT_WORDS[r.status]
-        lines.append(f"{r.id:<{_GID_WIDTH}}|{word:>{_STAT_WIDTH}}|{format_rate(sane(r.average_rate)):>{_SPEED_WIDTH}}"
+        lines.append(f"{r.id:<{_GID_WIDTH}}|{word:<{_STAT_WIDTH}}|{format_rate(sane(r.average_rate)):>{_SPEED_WIDTH}}"
                      f"|{r.path}")
     present = [w for w in _LEGEND if any(_STAT_WORDS[r.status] == w for r in results)]
     if present:

@@ -79,14 +79,15 @@ RESULTS = [
 
 
 def test_results_table_is_aria2s() -> None:
+    # As `aria2c -i list` prints it (aria2 1.37), so scripts that grep `|OK  |` or `|ERR |` keep working.
     assert results_table(RESULTS) == [
         "",
         "Download Results:",
         "gid   |stat|avg speed  |path/URI",
-        "======+====+===========+=====",
-        "1     |  OK|   2.5MiB/s|/out/name1",
-        "2     | ERR|       0B/s|/t/2.torrent",
-        "3     | DUP|       0B/s|/out/name1",
+        "======+====+===========+" + "=" * 55,  # aria2c's rule and its left-aligned status words
+        "1     |OK  |   2.5MiB/s|/out/name1",
+        "2     |ERR |       0B/s|/t/2.torrent",
+        "3     |DUP |       0B/s|/out/name1",
         "",
         "Status Legend:",
         "(OK):download completed.(ERR):error occurred.(DUP):duplicate of an earlier item (downloaded once).",
