@@ -404,8 +404,13 @@ class _Session:
             scheduler.snapshot(), now=now, trackers=self.status().trackers,
             rate_limited=bucket is not None and bucket.tokens < self.config.block_size,
             detail=scheduler.piece_detail(), stalled_for=stalled_for, config=self.config,
-            names=self._peer_names(),
+            names=self._peer_names(), unreachable=self._unreachable(),
         )
+
+    def _unreachable(self) -> list[str]:
+        """"ip:port" of the known addresses whose last connection attempt failed (for the stall report)."""
+        addresses = self.manager.addresses.items() if self.manager is not None else ()
+        return [f"{ip}:{port}" for (ip, port), state in sorted(addresses) if state.failures]
 
     def _peer_names(self) -> dict[PeerId, str]:
         """"ip:port" (and the client's name when its handshake said) of every connection, for reports."""
