@@ -447,9 +447,11 @@ class _Session:
             elif not self.detector.stalled:
                 self.note = None
             if self.detector.timed_out(now, config.stall_timeout):
+                stalled = self.detector.stalled_for(now)
+                final = self._diagnose(now, stalled)  # the cause now, not the note's (its "stalled Ns" is old)
                 raise StallTimeoutError(
-                    f"no data for {self.detector.stalled_for(now):.0f} s (--stall-timeout {config.stall_timeout:g})"
-                    + (f": {self.note}" if self.note else "")
+                    f"no data for {stalled:.0f} s (--stall-timeout {config.stall_timeout:g})"
+                    + (f": {final.most_likely_cause}" if final is not None else "")
                 )
 
     def state_dump(self) -> list[str]:

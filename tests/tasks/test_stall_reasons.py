@@ -249,6 +249,25 @@ async def test_a_given_peer_that_cannot_be_reached_is_named_not_asked_for(tmp_pa
     assert report_record(report)["unreachable_peers"] == [f"127.0.0.28:{dead}"]
 
 
+async def test_the_stall_timeout_line_gives_the_cause_without_a_stale_duration(tmp_path: Path) -> None:
+    """--stall-timeout's one line said "no data for 2 s (--stall-timeout 2): stalled 1s: ..." (the note of the
+    first report, 1 s old): it gives the cause alone, as diagnosed when the timeout fires."""
+    peer, _ = make_peer("127.0.0.29", 87, 128 * KiB, 32 * KiB, pieces=[0, 1])
+    config = dataclasses.replace(FAST, stall_timeout=2.0)
+    display = Recorder()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(peer.serve)
+            result = await session.run(config, peer.torrent, tmp_path, peers=[(peer.host, port)],
+                                       listen_host=OUR_HOST, port=0, display=display)
+            nursery.cancel_scope.cancel()
+    assert result.status == "error" and result.exit_status == 2
+    error = result.error or ""
+    assert error.startswith("no data for 2 s (--stall-timeout 2): "), error
+    assert "stalled" not in error, error
+    assert error.endswith(display.reports[0].most_likely_cause), error  # the same situation: the same cause
+
+
 # --- a recorded stall, replayed ------------------------------------------------------------------------------
 
 
