@@ -161,6 +161,7 @@ class _Batch:
         self.shared = shared
         self.by_hash: dict[bytes, int] = {}  # info hash -> id of the first item that has it
         self.by_path: dict[str, int] = {}  # output path (real, case-normalised) -> id of the item that writes it
+        self.outputs: dict[int, str] = {}  # id -> output path of every item that started (a duplicate's data is there)
         self.interrupt = trio.Event()
         self.started_at = 0.0
 
@@ -214,8 +215,8 @@ class _Batch:
             log.info("item %d duplicates item %d (%s)", entry.id, first, torrent.info_hash.hex())
             return ItemResult(
                 id=entry.id, source=item.source, status=STATUS_DUPLICATE, exit_status=int(ExitStatus.OK),
-                error=None, name=torrent.name, info_hash=torrent.info_hash, path=path, average_rate=0.0, bytes=0,
-                total_bytes=torrent.total_length, verified_bytes=0, duplicate_of=first,
+                error=None, name=torrent.name, info_hash=torrent.info_hash, path=self.outputs[first],
+                average_rate=0.0, bytes=0, total_bytes=torrent.total_length, verified_bytes=0, duplicate_of=first,
             )
         key = os.path.normcase(os.path.realpath(path))
         owner = self.by_path.get(key)
@@ -225,6 +226,7 @@ class _Batch:
                 "so that neither overwrites the other; give this item its own dir="), torrent)
         self.by_hash[torrent.info_hash] = entry.id
         self.by_path[key] = entry.id
+        self.outputs[entry.id] = path
         options = self.options
         result = await session.run(
             self.config, torrent, out_dir, peers=options.peers, display=_ItemDisplay(entry, self.display),

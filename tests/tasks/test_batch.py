@@ -260,3 +260,23 @@ async def test_two_torrents_with_one_name_in_one_folder_do_not_overwrite_each_ot
     assert "#1" in (second.error or "") and "dir=" in (second.error or "")
     assert second.bytes == 0 and result.exit_status == 13
     assert_payload(tmp_path / "out", "same", payloads[0])
+
+
+async def test_a_duplicate_with_its_own_dir_reports_where_the_data_is(tmp_path: Path) -> None:
+    """The same torrent twice, the second with `dir=`: it is downloaded once, into the first item's folder, so the
+    duplicate's path (the results table, the JSON record) is that one, not a folder where nothing was written."""
+    (name, files), = make_torrents(tmp_path, 1, 100 * KiB)
+    source = str(tmp_path / "t0.torrent")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_seeder(nursery, tmp_path, [source], "127.0.0.2")
+            options = BatchOptions(out_dir=str(tmp_path / "out"), peers=[("127.0.0.2", port)],
+                                   listen_host="127.0.0.3", port=0)
+            result = await run_batch(DEFAULT_CONFIG, items(source, source, dirs={1: str(tmp_path / "other")}),
+                                     options, Recorder(), read_torrent_file)
+            nursery.cancel_scope.cancel()
+    first, dup = result.results
+    assert first.status == STATUS_OK and dup.status == STATUS_DUPLICATE
+    assert dup.path == first.path == str((tmp_path / "out" / name).resolve())
+    assert not (tmp_path / "other").exists()
+    assert_payload(tmp_path / "out", name, files)
