@@ -156,22 +156,24 @@ class Replay:
         self.events.append(Event(now - self._start, kind, text, stall))
 
     def _after(self, now: float, second: Second) -> None:
+        # After every fact: the scheduler's counters only (a snapshot counts the started pieces: with small
+        # pieces that made the replay several times slower than the download it replays).
         scheduler = self.scheduler
-        snap = scheduler.snapshot()
-        second.bytes_in_flight = snap.bytes_in_flight
-        second.bytes_waiting_for_disk = snap.bytes_waiting_for_disk
-        second.outstanding = {self.name(ps.peer): ps.outstanding for ps in snap.peers if ps.outstanding}
-        if snap.endgame != self._endgame:
-            self._endgame = snap.endgame
-            if snap.endgame:
-                self._event(now, "endgame", f"endgame began: {snap.bytes_in_flight} bytes in flight, "
-                            f"{snap.pieces_wanted - snap.pieces_verified} pieces missing")
-            elif not snap.finished:
+        second.bytes_in_flight = scheduler.bytes_in_flight
+        second.bytes_waiting_for_disk = scheduler.bytes_waiting_for_disk
+        second.outstanding = {self.name(peer): n for peer, n in scheduler.outstanding_counts().items()}
+        endgame = scheduler.endgame
+        missing_pieces = scheduler.picker.needed_count
+        if endgame != self._endgame:
+            self._endgame = endgame
+            if endgame:
+                self._event(now, "endgame", f"endgame began: {scheduler.bytes_in_flight} bytes in flight, "
+                            f"{missing_pieces} pieces missing")
+            elif missing_pieces:
                 self._event(now, "endgame_over", "endgame over: blocks are FREE again (released or failed)")
-        missing = not snap.finished
-        if self.detector.observe(now, self._received_bytes, missing):
+        if self.detector.observe(now, self._received_bytes, missing_pieces > 0):
             stalled_for = self.detector.stalled_for(now)
-            report = diagnose(snap, now=now, detail=scheduler.piece_detail(), stalled_for=stalled_for,
+            report = diagnose(scheduler.snapshot(), now=now, detail=scheduler.piece_detail(), stalled_for=stalled_for,
                               config=self.header.config, names=self._names)
             self._event(now, "stall", f"stall: no block for {stalled_for:.1f}s: {report.most_likely_cause}",
                         report)
