@@ -134,15 +134,16 @@ def busiest(status: BatchStatus, rows: int) -> tuple[list[ItemView], int]:
 
 
 def item_line(item: ItemView) -> str:
-    """'#2 name  45.1%  3.6MiB/8.0MiB  ↓5.0MiB/s  CN:3  ETA 1m04s  downloading'."""
+    """'#2 name  45.1%  3.6MiB/8.0MiB  ↓5.0MiB/s  CN:3  ETA 1m04s  downloading', then the session's note if any."""
     s = item.status
     if s is None:
         return f"#{item.id} {item.source}  {item.phase}"
     frac = fraction(s.verified_bytes, s.total_bytes)
     state = getattr(s.state, "value", s.state)
+    note = getattr(s, "note", None)  # the session's: a stall's cause, the start-up check's progress
     return (f"#{item.id} {s.name}  {frac * PERCENT:.1f}%  {format_size(s.verified_bytes)}/{format_size(s.total_bytes)}"
             f"  ↓{format_rate(sane(s.download_rate))}  CN:{s.peers_connected}"
-            f"  ETA {format_duration(eta_seconds(s))}  {state}")
+            f"  ETA {format_duration(eta_seconds(s))}  {state}" + (f"  {note}" if note else ""))
 
 
 def done_line(result: ItemResult) -> str:
