@@ -136,6 +136,19 @@ def test_a_bad_list_is_one_line_naming_the_line_and_exit_28(tmp_path: Path) -> N
     assert result.returncode == 28 and "--log-json" in result.stderr and not (tmp_path / "log.jsonl").exists()
 
 
+def test_a_list_with_no_downloads_says_so_and_exits_0_as_aria2c(tmp_path: Path) -> None:
+    """aria2c -i on an empty list prints "No files to download." and exits 0; we printed an empty results table."""
+    (tmp_path / "empty.txt").write_text("# nothing today\r\n\r\n")
+    result = _run("get", "-i", "empty.txt", "-d", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr.strip().splitlines() == ["jstorrent: empty.txt: no downloads"]
+    assert not (tmp_path / "out").exists()
+    quiet = _run("get", "-i", "empty.txt", "-q", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == quiet.stderr == ""
+    as_json = _run("get", "-i", "empty.txt", "--json", cwd=tmp_path)
+    assert as_json.returncode == 0 and as_json.stdout == "" and "no downloads" in as_json.stderr
+
+
 async def test_ctrl_c_stops_every_item_reports_them_interrupted_and_exits_130(tmp_path: Path) -> None:
     for n in range(3):
         data, _ = build_torrent(f"never{n}", random_files(30 + n, [100 * KiB]), 16 * KiB)
