@@ -88,6 +88,7 @@ class Replay:
         self.seconds: list[Second] = []
         self.events: list[Event] = []
         self.divergence: Divergence | None = None
+        self.cut_at_line: int | None = None  # the first line a log cut short lacks (its last fact's commands)
         self.facts = 0
         self.commands = 0
         self._start: float | None = None
@@ -127,6 +128,12 @@ class Replay:
         for i in range(max(len(replayed), len(entry.commands))):
             got = replayed[i] if i < len(replayed) else None
             want = entry.commands[i] if i < len(entry.commands) else None
+            if want is None and entry.final:
+                # The log ends here with fewer commands than the replay issued: the recorder never wrote the
+                # rest (a run killed mid-write), a complete log always has them all. Not a divergence.
+                self.cut_at_line = (entry.command_lines[-1] if entry.command_lines else entry.line) + 1
+                out = out[:i]
+                break
             if got != want:
                 line = entry.command_lines[i] if i < len(entry.command_lines) else entry.line
                 self.divergence = Divergence(line, type(fact).__name__, i, want, got)
