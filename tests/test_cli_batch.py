@@ -136,6 +136,16 @@ def test_a_bad_list_is_one_line_naming_the_line_and_exit_28(tmp_path: Path) -> N
     assert result.returncode == 28 and "--log-json" in result.stderr and not (tmp_path / "log.jsonl").exists()
 
 
+def test_a_results_table_that_cannot_be_written_keeps_the_batchs_exit_status(tmp_path: Path) -> None:
+    """stdout full (or its reader gone): the table is lost, not the exit status of the last failed item (3 here;
+    it was 1, 'internal error: OSError')."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "jstorrent_cli", "get", "nope1.torrent", "nope2.torrent"],
+                                cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert result.returncode == 3, result.stderr
+    assert "internal error" not in result.stderr and "#2 ERR nope2.torrent: no such file" in result.stderr
+
+
 def test_a_list_with_no_downloads_says_so_and_exits_0_as_aria2c(tmp_path: Path) -> None:
     """aria2c -i on an empty list prints "No files to download." and exits 0; we printed an empty results table."""
     (tmp_path / "empty.txt").write_text("# nothing today\r\n\r\n")

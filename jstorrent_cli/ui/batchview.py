@@ -200,9 +200,22 @@ def result_record(result: ItemResult) -> dict[str, object]:
     }
 
 
-def _write(file: TextIO, lines: Sequence[str]) -> None:
-    file.write("".join(line + "\n" for line in lines))
-    file.flush()
+class _Sink:
+    """Where a view writes whole lines. Once a write fails (the reader went away: `... | head`; a full disk) it is
+    left alone: a view must never end the batch, whose downloads and exit status do not depend on it."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self.gone = False
+
+    def write(self, lines: Sequence[str]) -> None:
+        if self.gone:
+            return
+        try:
+            self.file.write("".join(line + "\n" for line in lines))
+            self.file.flush()
+        except (OSError, ValueError):  # ValueError: the file was closed
+            self.gone = True
 
 
 class BatchRichDisplay:
@@ -211,7 +224,7 @@ class BatchRichDisplay:
     def __init__(self, config: Config, *, console: Console, out: TextIO) -> None:
         self._config = config
         self.console = console
-        self._out = out
+        self._out = _Sink(out)
         self.refreshes = 0
 
     def render(self, status: BatchStatus) -> Text:
@@ -252,7 +265,7 @@ class BatchRichDisplay:
                                  border_style="yellow"))
 
     def finish(self, results: Sequence[ItemResult]) -> None:
-        _write(self._out, results_table(results))
+        self._out.write(results_table(results))
 
 
 class BatchPlainDisplay:
@@ -260,8 +273,8 @@ class BatchPlainDisplay:
 
     def __init__(self, config: Config, *, file: TextIO, out: TextIO) -> None:
         self._config = config
-        self._file = file
-        self._out = out
+        self._file = _Sink(file)
+        self._out = _Sink(out)
         self.lines = 0
 
     async def run(self, poll: BatchPoll) -> None:
@@ -271,17 +284,17 @@ class BatchPlainDisplay:
             lines = [f"[{totals_line(status)}]"]
             lines += [f"#{i.id} {plain_line(i.status)}" for i in status.items
                       if i.phase == PHASE_ACTIVE and i.status is not None]
-            _write(self._file, lines)
+            self._file.write(lines)
             self.lines += len(lines)
 
     def item_done(self, result: ItemResult) -> None:
-        _write(self._file, [done_line(result)])
+        self._file.write([done_line(result)])
 
     def stall(self, item_id: int, report: StallReport) -> None:
-        _write(self._file, [f"#{item_id} {line}" for line in report_lines(report)])
+        self._file.write([f"#{item_id} {line}" for line in report_lines(report)])
 
     def finish(self, results: Sequence[ItemResult]) -> None:
-        _write(self._out, results_table(results))
+        self._out.write(results_table(results))
 
 
 class BatchJsonDisplay:
@@ -289,12 +302,11 @@ class BatchJsonDisplay:
 
     def __init__(self, config: Config, *, file: TextIO) -> None:
         self._config = config
-        self._file = file
+        self._file = _Sink(file)
         self.records = 0
 
     def _emit(self, record: dict[str, object]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-        self._file.flush()
+        self._file.write([json.dumps(record, ensure_ascii=False, allow_nan=False)])
         self.records += 1
 
     async def run(self, poll: BatchPoll) -> None:
@@ -319,7 +331,7 @@ class BatchQuietDisplay:
     """--quiet: one line per failed item on stderr, nothing else."""
 
     def __init__(self, *, file: TextIO) -> None:
-        self._file = file
+        self._file = _Sink(file)
 
     async def run(self, poll: BatchPoll) -> None:
         await trio.sleep_forever()
@@ -327,7 +339,7 @@ class BatchQuietDisplay:
     def item_done(self, result: ItemResult) -> None:
         if result.status == STATUS_ERROR:  # an error of an item that never started names its source already
             what = "" if result.name is None else f"{result.source}: "
-            _write(self._file, [f"jstorrent: #{result.id} {what}{result.error}"])
+            self._file.write([f"jstorrent: #{result.id} {what}{result.error}"])
 
     def stall(self, item_id: int, report: StallReport) -> None:
         pass

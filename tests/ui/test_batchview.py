@@ -150,6 +150,38 @@ async def test_plain_json_and_quiet_views() -> None:
                       BatchPlainDisplay)
 
 
+class GoneReader(io.StringIO):
+    """A pipe whose reader went away (`jstorrent get ... 2>&1 | head -2`): every write fails."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_a_reader_that_went_away_does_not_end_the_batch(autojump_clock: trio.testing.MockClock) -> None:
+    """The plain view's status lines to a closed pipe raised inside the batch's nursery: every item was cancelled
+    and the batch ended as an internal error (exit 1). Each view stops writing to a reader that left; the
+    downloads go on and the exit status stays theirs."""
+    readers = [GoneReader() for _ in range(4)]
+    plain = BatchPlainDisplay(DEFAULT_CONFIG, file=readers[0], out=readers[1])
+    json_view = BatchJsonDisplay(DEFAULT_CONFIG, file=readers[2])
+    quiet = BatchQuietDisplay(file=readers[3])
+    with trio.fail_after(DEFAULT_CONFIG.plain_interval * 10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(plain.run, lambda: batch_status(active=2))
+            nursery.start_soon(json_view.run, lambda: batch_status(active=2))
+            await trio.sleep(DEFAULT_CONFIG.plain_interval * 3)  # three rounds of status lines, all refused
+            nursery.cancel_scope.cancel()
+    for view in (plain, json_view, quiet):
+        for r in RESULTS:
+            view.item_done(r)
+        view.finish(RESULTS)
+    # Each view tried once and then left that reader alone (a closed pipe is not retried a line at a time).
+    assert [r.writes for r in readers] == [1, 1, 1, 1]
+
+
 def test_batch_result_fields_are_documented() -> None:
     doc = (Path(__file__).resolve().parent.parent.parent / "docs" / "json.md").read_text()
     section = doc[doc.index("## Several torrents"):]
