@@ -146,6 +146,24 @@ def test_a_results_table_that_cannot_be_written_keeps_the_batchs_exit_status(tmp
     assert "internal error" not in result.stderr and "#2 ERR nope2.torrent: no such file" in result.stderr
 
 
+def test_one_torrent_whose_display_cannot_write_still_downloads_and_exits_0(tmp_path: Path) -> None:
+    """`get` with one torrent has the same rule: its --json records to a full stdout (or the plain view to a
+    stderr whose reader left) ended a complete download as 'internal error: ExceptionGroup', exit 1."""
+    files = random_files(400, [100 * KiB])
+    data, _ = build_torrent("whole", files, 32 * KiB)
+    (tmp_path / "t.torrent").write_bytes(data)
+    write_payload(tmp_path / "dl", "whole", files)  # already complete: no peer needed
+    args = [sys.executable, "-m", "jstorrent_cli", "get", "t.torrent", "-d", "dl", "--listen", LEECHER, "--port", "0"]
+    with open("/dev/full", "w") as full:
+        as_json = subprocess.run([*args, "--json"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True,
+                                 timeout=60, check=False)
+        plain = subprocess.run(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=full, text=True, timeout=60,
+                               check=False)
+    assert as_json.returncode == 0, as_json.stderr
+    assert plain.returncode == 0
+    assert_payload(tmp_path / "dl", "whole", files)
+
+
 def test_a_list_with_no_downloads_says_so_and_exits_0_as_aria2c(tmp_path: Path) -> None:
     """aria2c -i on an empty list prints "No files to download." and exits 0; we printed an empty results table."""
     (tmp_path / "empty.txt").write_text("# nothing today\r\n\r\n")

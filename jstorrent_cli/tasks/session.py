@@ -423,7 +423,8 @@ class _Session:
             log.info("%s", line)
         show = getattr(self.display, "stall", None)
         if show is not None:
-            show(report)
+            with contextlib.suppress(OSError):  # its stream went away: the download goes on
+                show(report)
 
     async def watch_stalls(self) -> None:
         """About once a second: is this a stall (report it once), has it lasted past --stall-timeout."""
@@ -552,7 +553,7 @@ class _Session:
                     outer.start_soon(self.watch_signals, signals)
                 if self.interrupt is not None:
                     outer.start_soon(self._watch_interrupt, self.interrupt)
-                outer.start_soon(self.display.run, self.status)
+                outer.start_soon(self._run_display)
                 with trio.CancelScope() as check_scope:
                     outer.start_soon(self._cancel_on_stop, check_scope)
                     recovered = await self.recover()
@@ -560,6 +561,15 @@ class _Session:
                 if not check_scope.cancelled_caught:
                     await self._transfer(storage, recovered, task_status)
                 outer.cancel_scope.cancel()
+
+    async def _run_display(self) -> None:
+        """The display's loop. A display whose stream went away (`get ... 2>&1 | head`, a full disk) stops
+        showing; the download, and its exit status, go on without it."""
+        try:
+            await self.display.run(self.status)
+        except OSError as err:
+            log.warning("the display stopped: %s", err)
+            await trio.sleep_forever()
 
     def _open_log(self, stack: contextlib.ExitStack, path: str) -> Callable[[str], None]:
         """--log-json FILE: open it (replacing it) and return the recorder's sink; write errors end the session."""
@@ -796,5 +806,6 @@ async def run(
         selected=selected, live_diagnosis=live_diagnosis, log_json=log_json, shared=shared, interrupt=interrupt,
     )
     result = await session.run(task_status)
-    session.display.finish(result)
+    with contextlib.suppress(OSError):  # the summary is lost with its stream, not the result
+        session.display.finish(result)
     return result
