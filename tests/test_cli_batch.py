@@ -208,3 +208,39 @@ async def test_ctrl_c_stops_every_item_reports_them_interrupted_and_exits_130(tm
         (1, "interrupted", 130), (2, "interrupted", 130), (3, "interrupted", 130)]
     assert results[2]["error"] == "interrupted before it started" and results[2]["path"] == str(tmp_path / "t2.torrent")
     assert results[0]["path"] == str(tmp_path / "out" / "never0")
+
+
+async def test_ctrl_c_while_an_item_seeds_reports_it_complete(tmp_path: Path) -> None:
+    """Ctrl-C on a batch whose first item is downloaded and seeding (--seed-time) and whose second is not: the
+    first is OK in the results (it was `INPR`, "download in-progress", so a script downloaded it again), the
+    second interrupted, and the batch exits 130."""
+    files = random_files(41, [100 * KiB])
+    data, _ = build_torrent("complete", files, 16 * KiB)
+    (tmp_path / "done.torrent").write_bytes(data)
+    write_payload(tmp_path / "out", "complete", files)
+    data, _ = build_torrent("lonely", random_files(42, [100 * KiB]), 16 * KiB)
+    (tmp_path / "lonely.torrent").write_bytes(data)
+    with trio.fail_after(DEADLINE):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "jstorrent_cli", "get", str(tmp_path / "done.torrent"),
+             str(tmp_path / "lonely.torrent"), "-d", str(tmp_path / "out"), "--seed-time", "10",
+             "--peer", "127.0.0.9:9", "--listen", LEECHER, "--port", "0", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            assert process.stdout is not None
+            out = b""
+            while b'"seeding"' not in out:  # the first item finished and seeds; the second runs
+                out += await process.stdout.receive_some()
+            process.send_signal(signal.SIGINT)
+            while chunk := await process.stdout.receive_some():
+                out += chunk
+            status = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert status == 130
+    results = [r for r in map(json.loads, out.decode().splitlines()) if r["event"] == "result"]
+    assert [(r["id"], r["status"], r["exit_status"], r["ok"]) for r in results] == [
+        (1, "ok", 0, True), (2, "interrupted", 130, False)]
+    assert results[0]["verified_bytes"] == results[0]["total_bytes"] == 100 * KiB and results[0]["error"] is None

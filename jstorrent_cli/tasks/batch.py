@@ -234,8 +234,12 @@ class _Batch:
             live_diagnosis=options.live_diagnosis, shared=self.shared, interrupt=self.interrupt,
         )
         status = {"ok": STATUS_OK, "interrupted": STATUS_INTERRUPTED}.get(result.status, STATUS_ERROR)
+        exit_status, error = result.exit_status, result.error
+        if status == STATUS_INTERRUPTED and result.verified_bytes >= result.total_bytes:
+            # Ctrl-C while it seeded (or checked data already complete): the download itself is done.
+            status, exit_status, error = STATUS_OK, int(ExitStatus.OK), None
         return ItemResult(
-            id=entry.id, source=item.source, status=status, exit_status=result.exit_status, error=result.error,
+            id=entry.id, source=item.source, status=status, exit_status=exit_status, error=error,
             name=result.name, info_hash=result.info_hash, path=path, average_rate=result.average_rate,
             bytes=result.downloaded_bytes, total_bytes=result.total_bytes, verified_bytes=result.verified_bytes,
         )
