@@ -244,3 +244,19 @@ async def test_ctrl_c_while_an_item_seeds_reports_it_complete(tmp_path: Path) ->
     assert [(r["id"], r["status"], r["exit_status"], r["ok"]) for r in results] == [
         (1, "ok", 0, True), (2, "interrupted", 130, False)]
     assert results[0]["verified_bytes"] == results[0]["total_bytes"] == 100 * KiB and results[0]["error"] is None
+
+
+def test_relative_paths_in_a_list_are_taken_from_the_current_folder(tmp_path: Path) -> None:
+    """As docs/usage.md says (and aria2c does): `dir=rel` is ./rel, not -d's rel, nor the list's folder's."""
+    files = random_files(43, [50 * KiB])
+    data, _ = build_torrent("here", files, 16 * KiB)
+    (tmp_path / "t.torrent").write_bytes(data)
+    write_payload(tmp_path / "rel", "here", files)  # complete already: no peer needed
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "list.txt").write_text("t.torrent\n  dir=rel\n")
+    result = _run("get", "-i", "lists/list.txt", "-d", "out", "--json", "--listen", LEECHER, "--port", "0",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = [r for r in map(json.loads, result.stdout.splitlines()) if r["event"] == "result"]
+    assert record["status"] == "ok" and record["path"] == str(tmp_path / "rel" / "here")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "lists" / "rel").exists()
