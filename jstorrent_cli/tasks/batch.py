@@ -62,6 +62,7 @@ from jstorrent_cli.ui.batchview import (
     PHASE_ACTIVE,
     PHASE_DONE,
     PHASE_FAILED,
+    PHASE_INTERRUPTED,
     PHASE_WAITING,
     BatchPoll,
     BatchStatus,
@@ -141,6 +142,15 @@ class _ItemDisplay:
         pass  # the batch reports every item itself
 
 
+def _phase(result: ItemResult | None) -> str:
+    """How an ended item counts in the live totals."""
+    if result is not None and result.status in (STATUS_OK, STATUS_DUPLICATE):
+        return PHASE_DONE
+    if result is not None and result.status == STATUS_INTERRUPTED:
+        return PHASE_INTERRUPTED
+    return PHASE_FAILED
+
+
 def _failed(entry: _Entry, error: JsTorrentError, torrent: Torrent | None = None) -> ItemResult:
     return ItemResult(
         id=entry.id, source=entry.item.source, status=STATUS_ERROR, exit_status=int(error.exit_status),
@@ -192,8 +202,7 @@ class _Batch:
         finally:
             slots.release()
             result = entry.result
-            entry.phase = PHASE_DONE if result is not None and result.status in (STATUS_OK, STATUS_DUPLICATE) \
-                else PHASE_FAILED
+            entry.phase = _phase(result)
             if result is not None:
                 self.display.item_done(result)
 
@@ -289,7 +298,7 @@ class _Batch:
         results = []
         for entry in self.entries:
             if entry.result is None:  # never started (Ctrl-C came first)
-                entry.phase = PHASE_FAILED
+                entry.phase = PHASE_INTERRUPTED
                 entry.result = ItemResult(
                     id=entry.id, source=entry.item.source, status=STATUS_INTERRUPTED,
                     exit_status=int(ExitStatus.INTERRUPTED), error="interrupted before it started", name=None,

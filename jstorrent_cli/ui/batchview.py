@@ -57,6 +57,7 @@ PHASE_WAITING = "waiting"
 PHASE_ACTIVE = "active"
 PHASE_DONE = "done"
 PHASE_FAILED = "failed"
+PHASE_INTERRUPTED = "interrupted"  # Ctrl-C came while it downloaded, or before it started
 
 # aria2c's results table: column widths, the rule's length and status words, left-aligned as aria2c prints
 # them (formats, not limits).
@@ -77,7 +78,7 @@ _LEGEND = {
 class ItemView:
     id: int
     source: str
-    phase: str  # PHASE_WAITING / ACTIVE / DONE / FAILED
+    phase: str  # PHASE_WAITING / ACTIVE / DONE / FAILED / INTERRUPTED
     status: StatusLike | None  # the session's status while it runs
 
 
@@ -95,7 +96,7 @@ BatchPoll = Callable[[], BatchStatus]
 
 
 def counts(status: BatchStatus) -> dict[str, int]:
-    out = {PHASE_DONE: 0, PHASE_ACTIVE: 0, PHASE_WAITING: 0, PHASE_FAILED: 0}
+    out = {PHASE_DONE: 0, PHASE_ACTIVE: 0, PHASE_WAITING: 0, PHASE_FAILED: 0, PHASE_INTERRUPTED: 0}
     for item in status.items:
         out[item.phase] += 1
     return out
@@ -116,7 +117,9 @@ def totals_parts(status: BatchStatus) -> tuple[str, str]:
     down, up = _rates(status)
     used_pct = fraction(status.buffer_used, status.buffer_total) * PERCENT
     return (f"{len(status.items)} items: {c[PHASE_DONE]} done · {c[PHASE_ACTIVE]} active · "
-            f"{c[PHASE_WAITING]} waiting · {c[PHASE_FAILED]} failed  ↓{format_rate(down)} ↑{format_rate(up)}",
+            f"{c[PHASE_WAITING]} waiting · {c[PHASE_FAILED]} failed"
+            + (f" · {c[PHASE_INTERRUPTED]} interrupted" if c[PHASE_INTERRUPTED] else "")
+            + f"  ↓{format_rate(down)} ↑{format_rate(up)}",
             f"buffer {format_size(status.buffer_used)}/{format_size(status.buffer_total)} ({used_pct:.0f}%)  "
             f"peers {status.peers_connected}/{status.max_peers}")
 
@@ -379,6 +382,7 @@ __all__ = [
     "PHASE_ACTIVE",
     "PHASE_DONE",
     "PHASE_FAILED",
+    "PHASE_INTERRUPTED",
     "PHASE_WAITING",
     "AnyBatchDisplay",
     "BatchStatus",

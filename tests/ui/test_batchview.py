@@ -17,6 +17,7 @@ from jstorrent_cli.ui.batchview import (
     PHASE_ACTIVE,
     PHASE_DONE,
     PHASE_FAILED,
+    PHASE_INTERRUPTED,
     PHASE_WAITING,
     BatchJsonDisplay,
     BatchPlainDisplay,
@@ -77,6 +78,16 @@ def test_an_item_line_carries_its_note_a_stall_or_the_check() -> None:
     assert by_name["one"].endswith(f"downloading  {stalled}")
     assert by_name["two"].endswith(f"downloading  {checking}")
     assert by_name["three"].endswith("downloading")
+
+
+def test_interrupted_items_are_counted_as_interrupted_not_failed() -> None:
+    """After Ctrl-C the totals said "0 active · 2 failed" for downloads that had only been stopped."""
+    items = (ItemView(1, "1.torrent", PHASE_DONE, None), ItemView(2, "2.torrent", PHASE_FAILED, None),
+             ItemView(3, "3.torrent", PHASE_INTERRUPTED, None), ItemView(4, "4.torrent", PHASE_INTERRUPTED, None))
+    status = BatchStatus(items=items, buffer_used=0, buffer_total=64 * MiB, peers_connected=0, max_peers=50,
+                         elapsed=9.0)
+    assert totals_line(status).startswith("4 items: 1 done · 0 active · 0 waiting · 1 failed · 2 interrupted  ")
+    assert "interrupted" not in totals_line(batch_status(active=2))  # only when there are some
 
 
 def _result(n: int, status: str, **kw: object) -> ItemResult:
