@@ -213,6 +213,9 @@ def diagnose(
     `names`: how to call each peer ("ip:port" and its client when known); unnamed ones are "ip (#id)".
     `unreachable`: the known addresses ("ip:port") whose last connection attempt failed."""
     names = names if names is not None else {}
+    # The limiter only ever holds requests back: with none out, it holds nothing (its balance is refilled only
+    # when a request takes from it, so it can look in debt long after the last one).
+    rate_limited = rate_limited and snapshot.bytes_in_flight > 0
     peers = {ps.peer: ps for ps in snapshot.peers}
     budget_full = snapshot.budget_used + config.block_size > snapshot.budget
     disk_full = budget_full and snapshot.bytes_waiting_for_disk >= snapshot.bytes_in_flight

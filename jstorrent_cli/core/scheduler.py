@@ -108,6 +108,7 @@ IDLE_CHOKED = "choked"
 IDLE_NOTHING_WANTED = "has nothing we want"
 IDLE_BUDGET = "waiting for budget (writer behind)"
 IDLE_ALL_REQUESTED = "everything it has is requested from others"
+IDLE_BARRED = "what it has timed out or was rejected: not asked again yet"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1082,7 +1083,8 @@ class Scheduler:
         if spare > 0:
             self._hungry[peer.id] = None
             if not peer.outstanding:
-                peer.idle_reason = IDLE_BUDGET if self._budget_full() else IDLE_ALL_REQUESTED
+                peer.idle_reason = (IDLE_BUDGET if self._budget_full()
+                                    else IDLE_BARRED if bars and picker.free_blocks else IDLE_ALL_REQUESTED)
         else:
             self._hungry.pop(peer.id, None)
 

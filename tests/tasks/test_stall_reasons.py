@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from jstorrent_cli.config import Config, KiB
+from jstorrent_cli.config import DEFAULT_CONFIG, Config, KiB
+from jstorrent_cli.core import messages as m
 from jstorrent_cli.core import wire
 from jstorrent_cli.core.diagnose import Reason, StallReport, report_lines, report_record
 from jstorrent_cli.core.messages import BlockData
 from jstorrent_cli.core.recorder import read_log
 from jstorrent_cli.core.replay import Replay
+from jstorrent_cli.core.scheduler import IDLE_BARRED
 from jstorrent_cli.tasks import session
 from jstorrent_cli.tasks.storage import Storage
 from tests.conftest import FileSpec, assert_payload, build_torrent, free_port, random_files
@@ -266,6 +268,30 @@ async def test_the_stall_timeout_line_gives_the_cause_without_a_stale_duration(t
     assert error.startswith("no data for 2 s (--stall-timeout 2): "), error
     assert "stalled" not in error, error
     assert error.endswith(display.reports[0].most_likely_cause), error  # the same situation: the same cause
+
+
+def test_a_limiter_in_debt_with_nothing_in_flight_is_not_called_the_cause() -> None:
+    """Seen for real: `get --max-download-limit 1M` of a 5.7 MiB torrent from one seeder took 14 s instead of 5,
+    8 s of them with nothing requested (the requests that waited in the limiter timed out and their pieces were
+    barred for the only peer). The report blamed the rate limit, because the limiter's balance (refilled only
+    when a request takes from it) stayed negative; and named the peer idle because "everything it has is
+    requested from others". With nothing in flight the limiter holds nothing back: the pieces are waiting on
+    the timed-out peer, and its idle reason says so."""
+    from tests.core.test_diagnose import join, make, name, peer_names, report_of
+
+    config = DEFAULT_CONFIG
+    s = make(num_pieces=1, blocks=4)
+    join(s, 0, unchoke=True)
+    s.handle(m.Tick(), config.request_timeout_initial + 1.0)  # every request timed out: the piece is barred
+    assert s.is_barred(0, 0) and s.snapshot().bytes_in_flight == 0
+    report = report_of(s, config.request_timeout_initial + 2.0, rate_limited=True, stalled_for=8.0)
+    assert report.count(Reason.RATE_LIMITED) == 0 and "--max-download-limit" not in report.most_likely_cause
+    assert report.cause is Reason.REQUESTED_SLOW and peer_names(report, Reason.REQUESTED_SLOW) == {name(0)}
+    assert [p.reason for p in report.idle_peers] == [IDLE_BARRED]
+    # With requests out, a limiter in debt does hold them back.
+    busy = make(num_pieces=3, blocks=4)
+    join(busy, 0, unchoke=True)
+    assert report_of(busy, 20.0, rate_limited=True, stalled_for=20.0).cause is Reason.RATE_LIMITED
 
 
 # --- a recorded stall, replayed ------------------------------------------------------------------------------
