@@ -65,10 +65,10 @@ def items(*sources: str, dirs: dict[int, str] | None = None) -> list[BatchItem]:
 
 
 async def start_seeder(nursery: trio.Nursery, tmp_path: Path, sources: Sequence[str], host: str,
-                       config: Config = DEFAULT_CONFIG) -> int:
+                       config: Config = DEFAULT_CONFIG, seed_dir: Path | None = None) -> int:
     """A jstorrent batch seeding every source from tmp_path/seed on one port (the router at work), once every
     item has checked its data and registered its info hash (a connection before that would be closed)."""
-    options = BatchOptions(out_dir=str(tmp_path / "seed"), listen_host=host, port=0, seed_time=math.inf)
+    options = BatchOptions(out_dir=str(seed_dir or tmp_path / "seed"), listen_host=host, port=0, seed_time=math.inf)
     recorder = Recorder()
     port: int = await nursery.start(run_batch, config, items(*sources), options, recorder, read_torrent_file)
 
@@ -244,12 +244,8 @@ async def test_two_torrents_with_one_name_in_one_folder_do_not_overwrite_each_ot
     config = dataclasses.replace(DEFAULT_CONFIG, max_concurrent_downloads=2)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            ports = []
-            for n, host in enumerate(("127.0.0.2", "127.0.0.4")):
-                seed_options = BatchOptions(out_dir=str(tmp_path / f"seed{n}"), listen_host=host, port=0,
-                                            seed_time=math.inf)
-                ports.append(await nursery.start(run_batch, DEFAULT_CONFIG, items(sources[n]), seed_options,
-                                                 Recorder(), read_torrent_file))
+            ports = [await start_seeder(nursery, tmp_path, [sources[n]], host, seed_dir=tmp_path / f"seed{n}")
+                     for n, host in enumerate(("127.0.0.2", "127.0.0.4"))]
             options = BatchOptions(out_dir=str(tmp_path / "out"), listen_host="127.0.0.3", port=0,
                                    peers=[("127.0.0.2", ports[0]), ("127.0.0.4", ports[1])])
             result = await run_batch(config, items(*sources), options, Recorder(), read_torrent_file)
