@@ -105,6 +105,9 @@ class Config:
     peer_rate_window: float = 1.0
     # After a REJECT or a timeout, that peer is not asked for that piece again for this long.
     piece_retry_delay: float = 10.0
+    # Released requests (choke, timeout, cut) remembered per peer, so a late block from it still counts
+    # as asked for; a block it was never asked for is waste. One full pipeline (peer_limit_max).
+    released_requests_kept: int = 500
 
     # --- choker (core/choker.py) ---------------------------------------------------------------
     # Upload slots: 3 by rate + 1 optimistic (BEP 3 practice).

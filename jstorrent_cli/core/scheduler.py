@@ -173,6 +173,7 @@ class _Peer:
         "peer_interested",
         "pieces",
         "rate",
+        "released",
         "rtt_dev",
         "rtt_mean",
         "slow_start",
@@ -193,6 +194,9 @@ class _Peer:
         self.peer_interested = False
         self.am_interested = False
         self.outstanding: dict[tuple[int, int], float] = {}  # (piece, block) -> time sent, oldest first
+        # Requests released without their block (choke, timeout, cut), oldest first, at most
+        # config.released_requests_kept: their block may still be on the wire, so a late copy was asked for.
+        self.released: dict[tuple[int, int], None] = {}
         self.allowed_fast: set[int] = set()
         self.own: dict[int, None] = {}  # pieces this peer started (whole-piece affinity)
         self.bars: dict[int, float] = {}  # piece -> time until which we do not ask this peer for it
@@ -546,9 +550,14 @@ class Scheduler:
             ap = active.get(piece)
             if sent is not None:
                 self._progress(peer, now - sent)
-            if ap is None or ap.states[block] != REQUESTED:
-                # A late copy (endgame, or released and served elsewhere) or data never asked for:
-                # the block is already received or not wanted now, so the data is dropped (invariant 5).
+            asked = sent is not None or key in peer.released
+            if asked:
+                peer.released.pop(key, None)
+            if not asked or ap is None or ap.states[block] != REQUESTED:
+                # A late copy (endgame, or released and served elsewhere) or data never asked of this
+                # peer: dropped and counted as waste (invariant 5), even while another peer holds the
+                # block requested (that peer's copy is the one we asked for; unsolicited data is not
+                # written over its turn, nor blamed on it if the piece fails).
                 self._waste(peer, length)
                 continue
             holders = picker.receive(ap, block, peer.id, peer.ip)
@@ -676,6 +685,10 @@ class Scheduler:
     def _release(self, peer: _Peer, key: tuple[int, int]) -> None:
         """Forget one of the peer's outstanding requests (no CANCEL is sent here)."""
         del peer.outstanding[key]
+        released = peer.released
+        released[key] = None
+        if len(released) > self.config.released_requests_kept:
+            del released[next(iter(released))]
         piece, block = key
         ap = self.picker.active[piece]
         if self.picker.free_blocks == 0:
