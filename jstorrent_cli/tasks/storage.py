@@ -318,6 +318,9 @@ class Storage:
         self._pwritev = pwritev
         self._pread = pread
         self._handles = _Handles(config.max_open_files, self._open_file, self._display, fsync)
+        # file index -> (st_dev, st_ino) of the file we created or opened first: a file deleted or
+        # replaced under us is caught at its next open and by `sync` (never a success without it).
+        self._identity: dict[int, tuple[int, int]] = {}
         self._write_limiter = trio.CapacityLimiter(config.disk_threads)
         self._hash_limiter = trio.CapacityLimiter(config.hash_threads)
 
@@ -392,20 +395,46 @@ class Storage:
                 os.close(dir_fd)
                 dir_fd = inner
             name = f.path[-1]
+            # Created already: a reopen must find it (recreating it empty would lose its pieces unseen).
+            known = index in self._identity
             try:
-                fd = os.open(name, _OPEN_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+                fd = os.open(name, _OPEN_FLAGS & ~os.O_CREAT if known else _OPEN_FLAGS, _FILE_MODE, dir_fd=dir_fd)
             except OSError as err:
+                if known and err.errno == errno.ENOENT:
+                    raise self._lost(index) from None
                 cause = _SYMLINK if self._is_symlink(dir_fd, name) else err
                 existed = self._exists(dir_fd, name)
                 raise _map_error(cause, "open" if existed else "create", display, creating=not existed) from None
         finally:
             os.close(dir_fd)
         try:
+            self._check_identity(index, os.fstat(fd))
             self._allocate(fd, f.length, display)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _lost(self, index: int) -> StorageError:
+        return StorageError(f"{self._display[index]} was deleted or replaced during the download "
+                            "(run the same command again to fetch what it lost)")
+
+    def _check_identity(self, index: int, info: os.stat_result) -> None:
+        """Record the file's identity at its first open; a later open of another file is a loss."""
+        identity = (info.st_dev, info.st_ino)
+        known = self._identity.setdefault(index, identity)
+        if known != identity:
+            raise self._lost(index)
+
+    def check_files_sync(self) -> None:
+        """Raise StorageError if a file written or read so far is no longer the one at its path."""
+        for index, identity in list(self._identity.items()):
+            try:
+                info = os.stat(self._display[index], follow_symlinks=False)
+            except OSError:
+                raise self._lost(index) from None
+            if (info.st_dev, info.st_ino) != identity:
+                raise self._lost(index)
 
     def _allocate(self, fd: int, length: int, display: str) -> None:
         try:
@@ -598,8 +627,14 @@ class Storage:
 
     async def sync(self) -> None:
         """Make every write done so far durable (before recording pieces as verified in a resume
-        state): fsync each file written since its last fsync, pinned so no thread closes it meanwhile."""
-        await trio.to_thread.run_sync(self._handles.sync_all, limiter=self._write_limiter)
+        state): fsync each file written since its last fsync, pinned so no thread closes it meanwhile.
+        Then check every file opened so far is still the one at its path (StorageError if deleted or
+        replaced: its verified pieces are gone, so the state must not record them)."""
+        await trio.to_thread.run_sync(self._sync_and_check, limiter=self._write_limiter)
+
+    def _sync_and_check(self) -> None:
+        self._handles.sync_all()
+        self.check_files_sync()
 
     def close(self) -> None:
         """Close every cached descriptor (those in use by a thread close when it is done)."""
