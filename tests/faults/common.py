@@ -38,13 +38,37 @@ async def start_seeder(nursery: trio.Nursery, torrent: Torrent, folder: Path, *,
     return started
 
 
-def get_command(torrent_file: Path, out: Path, peers: Sequence[tuple[str, int]], *extra: str) -> list[str]:
-    """`jstorrent get` as a child process: our own address, an ephemeral port, the given peers."""
-    cmd = [sys.executable, "-m", "jstorrent_cli", "get", str(torrent_file), "-d", str(out),
-           "--listen", OUR_HOST, "--port", "0"]
+def get_args(torrent_file: Path, out: Path, peers: Sequence[tuple[str, int]], *extra: str) -> list[str]:
+    """The arguments of `jstorrent get`: our own address, an ephemeral port, the given peers."""
+    args = ["get", str(torrent_file), "-d", str(out), "--listen", OUR_HOST, "--port", "0"]
     for host, port in peers:
-        cmd += ["--peer", f"{host}:{port}"]
-    return cmd + list(extra)
+        args += ["--peer", f"{host}:{port}"]
+    return args + list(extra)
+
+
+def get_command(torrent_file: Path, out: Path, peers: Sequence[tuple[str, int]], *extra: str) -> list[str]:
+    """`jstorrent get` as a child process (see get_args)."""
+    return [sys.executable, "-m", "jstorrent_cli", *get_args(torrent_file, out, peers, *extra)]
+
+
+async def get_many(argvs: Sequence[list[str]], processes: int) -> list[Finished]:
+    """Run `jstorrent get` once per argument list through tests/faults/get_many.py: `processes` child
+    interpreters, each running its share one after another. Results in the order given."""
+    results: list[Finished | None] = [None] * len(argvs)
+
+    async def worker(indexes: list[int]) -> None:
+        lines = "".join(json.dumps(argvs[i]) + "\n" for i in indexes).encode()
+        done = await trio.run_process([sys.executable, "-m", "tests.faults.get_many"], stdin=lines,
+                                      capture_stdout=True, capture_stderr=True, check=False)
+        answers = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+        assert done.returncode == 0 and len(answers) == len(indexes), done.stderr.decode()[-2000:]
+        for i, answer in zip(indexes, answers, strict=True):
+            results[i] = Finished(answer["status"], "", answer["stderr"])
+
+    async with trio.open_nursery() as nursery:
+        for k in range(processes):
+            nursery.start_soon(worker, list(range(k, len(argvs), processes)))
+    return [r for r in results if r is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,5 +116,5 @@ def outside_entries(root: Path, inside: Path) -> list[Path]:
     return found
 
 
-__all__ = ["OUR_HOST", "SEEDER_HOST", "ExitStatus", "Finished", "get_command", "outside_entries", "run_get",
-           "start_seeder", "verified_pieces"]
+__all__ = ["OUR_HOST", "SEEDER_HOST", "ExitStatus", "Finished", "get_args", "get_command", "get_many",
+           "outside_entries", "run_get", "start_seeder", "verified_pieces"]
