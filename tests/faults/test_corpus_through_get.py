@@ -7,7 +7,7 @@
    serves it; `jstorrent get` (a child process) downloads it into a fresh folder inside a sandbox.
    Then: exit 0; every file is where docs/usage.md says (the sanitised path under the folder), byte
    for byte; symlink and pad entries are never created; nothing at all appears outside the folder.
-2. As is: the same hostile files plus every corpus file we refuse go through `get` with no peer and
+2. As is: eight of the hostile files plus every corpus file we refuse go through `get` with no peer and
    `--stall-timeout 1`: refused files end at once with their MetainfoError's status (25 bencode, 26
    bad torrent) and one line; accepted ones stall out with status 2; nothing appears outside the folder.
 
@@ -43,6 +43,10 @@ SYNTHETIC: dict[str, tuple[bytes, list[list[bytes]]]] = {
     "absolute_and_nul": (b"/tmp", [[b"/etc", b"shadow"], [b"a\x00b", b"c"], [b"", b"/", b"d"]]),
     "reserved_names": (b"CON", [[b"NUL"], [b"aux.txt"], [b"COM1", b"LPT1"], [b".", b"..", b"."]]),
 }
+# Accepted files run as is in CI (each waits out its stall timeout, ~2 s): the most hostile paths. The
+# seeded test covers all of HOSTILE; JSTORRENT_CORPUS_ALL=1 runs every corpus file as is.
+AS_IS_ACCEPTED = ("absolute_filename", "hidden_parent_path", "invalid_name2", "long_name", "pad_file_no_path",
+                  "parent_path", "slash_path", "symlink1")
 CORPUS_PARALLEL = 4  # child processes at once (2 cores; each is mostly waiting on its startup)
 PIECE = 16 * 1024
 DEADLINE = 150
@@ -170,7 +174,7 @@ def _as_is_files() -> list[Path]:
             parse(path.read_bytes())
         except MetainfoError:
             refused.append(path)
-    return [CORPUS / f"{name}.torrent" for name in HOSTILE] + refused
+    return [CORPUS / f"{name}.torrent" for name in AS_IS_ACCEPTED] + refused
 
 
 def _verdict(path: Path) -> tuple[Torrent | None, ExitStatus]:
@@ -183,7 +187,7 @@ def _verdict(path: Path) -> tuple[Torrent | None, ExitStatus]:
 
 async def test_corpus_as_is_through_get_without_peers_ends_with_its_verdict(tmp_path: Path) -> None:
     files = _as_is_files()
-    assert len(files) >= len(HOSTILE) + 40  # the hostile ones and the ~45 refused ones
+    assert len(files) >= len(AS_IS_ACCEPTED) + 45  # some hostile ones and the 50 refused ones
     boxes = [tmp_path / f"{i}-{path.stem}" for i, path in enumerate(files)]
     for box in boxes:
         box.mkdir()
@@ -197,8 +201,9 @@ async def test_corpus_as_is_through_get_without_peers_ends_with_its_verdict(tmp_
         if done.status != int(want):
             problems.append(f"{path.name}: exit {done.status}, want {int(want)}: {done.stderr.strip()}")
         elif want != ExitStatus.OK:
-            lines = done.stderr.strip().splitlines()
-            if len(lines) != 1 or not lines[0].startswith("jstorrent: "):
+            # One error line (a torrent with an unusable tracker URL also logs a warning about it).
+            errors = [line for line in done.stderr.splitlines() if line.startswith("jstorrent: ")]
+            if len(errors) != 1 or "Traceback" in done.stderr:
                 problems.append(f"{path.name}: not one clear line: {done.stderr!r}")
         outside = {p for p in _everything(box) if p != out and out not in p.parents}
         if outside:
