@@ -12,7 +12,7 @@
    bad torrent) and one line; accepted ones stall out with status 2; nothing appears outside the folder.
 
 The downloads run a few at a time (CORPUS_PARALLEL). JSTORRENT_CORPUS_ALL=1 runs part 2 over the whole
-corpus (110 files) instead of the hostile and refused ones.
+corpus (108 files) instead of the hostile and refused ones.
 """
 
 from __future__ import annotations
