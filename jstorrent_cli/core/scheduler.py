@@ -548,11 +548,12 @@ class Scheduler:
             key = (piece, block)
             sent = outstanding.pop(key, None)
             ap = active.get(piece)
+            asked = sent is not None
             if sent is not None:
                 self._progress(peer, now - sent)
-            asked = sent is not None or key in peer.released
-            if asked:
-                peer.released.pop(key, None)
+            elif key in peer.released:  # released (choke, timeout, cut) while the block was on the wire
+                del peer.released[key]
+                asked = True
             if not asked or ap is None or ap.states[block] != REQUESTED:
                 # A late copy (endgame, or released and served elsewhere) or data never asked of this
                 # peer: dropped and counted as waste (invariant 5), even while another peer holds the
