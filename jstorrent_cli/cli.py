@@ -18,9 +18,10 @@ import click
 import trio
 
 from jstorrent_cli import __version__
-from jstorrent_cli.config import DEFAULT_CONFIG
+from jstorrent_cli.config import DEFAULT_CONFIG, Config
 from jstorrent_cli.core import magnet as magnet_mod
 from jstorrent_cli.core import metainfo
+from jstorrent_cli.core.batchlist import BatchItem, parse_batch_list
 from jstorrent_cli.errors import (
     ExitStatus,
     FileOpenError,
@@ -254,7 +255,12 @@ def _peer_address(text: str) -> tuple[str, int]:
 
 
 @cli.command()
-@click.argument("torrent_file", metavar="FILE.torrent")
+@click.argument("torrent_files", metavar="FILE.torrent...", nargs=-1)
+@click.option("-i", "--input-file", default=None,
+              help="Download the .torrent files listed in this file ('-': stdin), one per line; see docs/usage.md.")
+@click.option("-j", "--max-concurrent-downloads", "max_concurrent", type=click.IntRange(1),
+              default=DEFAULT_CONFIG.max_concurrent_downloads, show_default=True,
+              help="Downloads at a time when several are given.")
 @click.option("-d", "--dir", "out_dir", default=".", show_default=True, help="Folder to download into.")
 @click.option("--peer", "peers", multiple=True, help="Connect to this peer (HOST:PORT); repeatable.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
@@ -283,13 +289,15 @@ def _peer_address(text: str) -> tuple[str, int]:
               show_default=True, help="Print a stall report after this many seconds without a block.")
 @click.option("--stall-timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_CONFIG.stall_timeout,
               help="Give up (exit status 2) after this many seconds without a block (default: never).")
+@click.option("--log-json", default=None, help="Write every scheduler fact and command to this file (for replay).")
 def get(
-    torrent_file: str, out_dir: str, peers: tuple[str, ...], port: int | None, listen: str | None, max_peers: int,
+    torrent_files: tuple[str, ...], input_file: str | None, max_concurrent: int,
+    out_dir: str, peers: tuple[str, ...], port: int | None, listen: str | None, max_peers: int,
     max_buffer: str | None, seed_time: float | None, seed_ratio: float | None, max_upload_limit: str | None,
     max_download_limit: str | None, quiet: bool, as_json: bool, verbose: bool, select_file: str | None,
-    file_allocation: str, stall_report_after: float, stall_timeout: float | None,
+    file_allocation: str, stall_report_after: float, stall_timeout: float | None, log_json: str | None,
 ) -> int:
-    """Download a torrent (and seed it while it runs)."""
+    """Download torrents (and seed them while they run): several at a time with -j, or a list with -i."""
     import dataclasses
     import functools
     import math
@@ -298,10 +306,19 @@ def get(
     from jstorrent_cli.tasks import session
     from jstorrent_cli.ui.display import make_display
 
-    torrent = read_torrent_file(torrent_file)
+    batch_items = _batch_items(torrent_files, input_file)
+    torrent = None
+    if batch_items is None:
+        torrent = read_torrent_file(torrent_files[0])
     addresses = [_peer_address(p) for p in peers]
-    selected = None if select_file is None else parse_select_file(
-        select_file, len(torrent.files), [f.pad for f in torrent.files])
+    selected = None
+    if torrent is not None:
+        selected = None if select_file is None else parse_select_file(
+            select_file, len(torrent.files), [f.pad for f in torrent.files])
+    elif select_file is not None:
+        raise UsageError("--select-file works with one torrent only, not with several or -i")
+    elif log_json is not None:
+        raise UsageError("--log-json works with one torrent only, not with several or -i")
     if not math.isfinite(stall_report_after):
         raise UsageError(f"--stall-report-after {stall_report_after}: give a number of seconds")
     config = dataclasses.replace(
@@ -317,14 +334,61 @@ def get(
     if max_download_limit is not None:
         config = dataclasses.replace(
             config, max_download_rate=parse_size(max_download_limit, what="--max-download-limit"))
+    if batch_items is not None:
+        return _get_batch(dataclasses.replace(config, max_concurrent_downloads=max_concurrent), batch_items,
+                          out_dir=out_dir, peers=addresses, port=port, listen=listen, quiet=quiet, as_json=as_json,
+                          verbose=verbose, seed_time=seed_time, seed_ratio=seed_ratio)
+    assert torrent is not None
     display = make_display(config, json_output=as_json, quiet=quiet, verbose=verbose)
     result = trio.run(functools.partial(
         session.run, config, torrent, out_dir, peers=addresses, display=display, listen_host=listen, port=port,
         seed_time=seed_time * 60 if seed_time is not None else None, seed_ratio=seed_ratio, handle_signals=True,
-        selected=selected, live_diagnosis=verbose,
+        selected=selected, live_diagnosis=verbose, log_json=log_json,
     ))
     if result.exception is not None and not quiet and not as_json:
         click.echo(f"jstorrent: {result.error}", err=True)
+    return result.exit_status
+
+
+def _batch_items(torrent_files: tuple[str, ...], input_file: str | None) -> list[BatchItem] | None:
+    """The items of a batch, or None for exactly one FILE.torrent and no -i (today's single download)."""
+    if input_file is None:
+        if not torrent_files:
+            raise UsageError("give a .torrent file (or several, or -i LIST) (try 'jstorrent get --help')")
+        if len(torrent_files) == 1:
+            return None
+    items: list[BatchItem] = [BatchItem(source, 0) for source in torrent_files]
+    if input_file is not None:
+        if input_file == "-":
+            data = sys.stdin.buffer.read(DEFAULT_CONFIG.batch_list_max_bytes + 1)
+            name = "stdin"
+        else:
+            name = input_file
+            path = Path(input_file)
+            try:
+                with path.open("rb") as f:
+                    data = f.read(DEFAULT_CONFIG.batch_list_max_bytes + 1)
+            except FileNotFoundError:
+                raise InputNotFoundError(f"{input_file}: no such file") from None
+            except OSError as exc:
+                raise FileOpenError(f"{input_file}: {exc.strerror}") from None
+        items += parse_batch_list(data, name=name)
+    return items
+
+
+def _get_batch(config: Config, items: list[BatchItem], *, out_dir: str, peers: list[tuple[str, int]], port: int | None,
+               listen: str | None, quiet: bool, as_json: bool, verbose: bool, seed_time: float | None,
+               seed_ratio: float | None) -> int:
+    from jstorrent_cli.tasks.batch import BatchOptions, run_batch
+    from jstorrent_cli.ui.batchview import make_batch_display
+
+    display = make_batch_display(config, json_output=as_json, quiet=quiet)
+    options = BatchOptions(
+        out_dir=out_dir, peers=peers, listen_host=listen, port=port,
+        seed_time=seed_time * 60 if seed_time is not None else None, seed_ratio=seed_ratio,
+        live_diagnosis=verbose, handle_signals=True,
+    )
+    result = trio.run(run_batch, config, items, options, display, read_torrent_file)
     return result.exit_status
 
 
@@ -404,6 +468,16 @@ def verify(torrent_file: str, out_dir: str, select_file: str | None, as_json: bo
         more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
         raise ChecksumError(f"{len(wrong)} of {len(report.files)} files not complete: {names}{more}")
     return 0
+
+
+@cli.command()
+@click.argument("log_file", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the text timeline.")
+def replay(log_file: str, as_json: bool) -> int:
+    """Replay a --log-json log through a fresh scheduler: check its commands, show its decisions over time."""
+    from jstorrent_cli.replay import run_replay
+
+    return run_replay(log_file, as_json=as_json, echo=click.echo)
 
 
 @cli.command()

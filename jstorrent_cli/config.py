@@ -44,6 +44,14 @@ class Config:
     # A name truncated to the limit above keeps its extension when it is at most this long (".tar.gz").
     max_kept_extension_bytes: int = 16
 
+    # --- batch list (core/batchlist.py: `get -i FILE`) --------------------------------------------
+    # Largest input list read: 16 MiB holds ~100,000 magnet lines; more is a mistake, not a list.
+    batch_list_max_bytes: int = 16 * MiB
+    # Longest line: magnets with many trackers run to a few KiB; 64 KiB leaves room and bounds a bad file.
+    batch_list_max_line: int = 64 * KiB
+    # Most items in one list (each keeps a result row until the end).
+    batch_list_max_items: int = 100_000
+
     # --- create (jstorrent create) -------------------------------------------------------------
     # Piece length "auto" aims at about this many pieces, within the bounds below.
     create_target_pieces: int = 1500
@@ -186,6 +194,15 @@ class Config:
     # Queued upload requests read from disk together and sent in one write (fewer loop wakeups per block).
     upload_batch_blocks: int = 16
 
+    # --- batch (tasks/batch.py: several torrents in one process) ---------------------------------
+    # -j: downloads running at once (aria2c's --max-concurrent-downloads default is 5).
+    max_concurrent_downloads: int = 5
+    # Shared budget: an item above its fair share (budget / items using it) gets no more while another
+    # item waits for room. Smallest share: one block, so a waiting item can always make one request.
+    budget_min_share: int = BLOCK_SIZE
+    # Live batch view: the busiest items shown one line each; the rest are counted as "(+N)".
+    batch_view_rows: int = 5
+
     # --- storage (tasks/storage.py) ------------------------------------------------------------
     # Open file handles kept (LRU): far below the usual 1024-descriptor limit, leaving room for sockets.
     max_open_files: int = 64
@@ -223,6 +240,9 @@ class Config:
     stall_check_interval: float = 1.0
     # A SIGUSR1 state dump lists at most this many started pieces (the rest is counted).
     state_dump_max_pieces: int = 64
+    # --log-json: the log file's write buffer (bytes): a few thousand records per write, so the log costs
+    # about one write call per MiB instead of one per fact.
+    log_json_buffer: int = 1 * MiB
 
     # --- display (ui/) ---------------------------------------------------------------------------
     # Live view refresh rate (Hz): 4 is smooth enough and costs ~1 % of a core with pre-formatted Text.

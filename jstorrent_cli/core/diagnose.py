@@ -1,7 +1,8 @@
 """Why a download is not moving: every missing wanted piece gets one reason. Sans-IO, time is an argument.
 
-`diagnose(snapshot, now=...)` reads a `SchedulerSnapshot` (plus, when available, a `PieceDetail`: what
-each peer has and the block states of the started pieces) and classifies every wanted piece that is not
+`diagnose(snapshot, now=..., detail=scheduler.piece_detail())` reads a `SchedulerSnapshot` and the
+scheduler's `PieceDetail` (what each peer has, its bars and allowed-fast pieces, the block states of the
+started pieces) and classifies every wanted piece that is not
 verified yet into one `Reason`. The result is a frozen `StallReport`: counts and bytes per reason, the
 pieces as compact ranges, the peers behind each reason, the idle peers and why, the buffer and the
 trackers, and one plain-English sentence naming the most likely cause and what the user can do.
@@ -39,7 +40,7 @@ Cost: the per-piece work runs in C over one byte per piece (peer bitfields as bi
 peer, `bytes.find` for ranges); only started pieces (a few dozen) are looked at one by one in Python, so
 an 80,000-piece torrent with 50 peers costs about 10 ms per report.
 
-Without a `PieceDetail` (the scheduler does not provide it yet) the classification is estimated from the
+Without a `PieceDetail` (a caller that only has a snapshot) the classification is estimated from the
 snapshot's totals: the report says so (`precise` is False) and lists no piece numbers.
 """
 
@@ -53,8 +54,7 @@ from typing import Any, Protocol
 
 from jstorrent_cli.config import DEFAULT_CONFIG, Config
 from jstorrent_cli.core.messages import PeerId
-from jstorrent_cli.core.picker import FREE, RECEIVED, REQUESTED
-from jstorrent_cli.core.scheduler import PeerSnapshot, Scheduler, SchedulerSnapshot
+from jstorrent_cli.core.scheduler import ActivePieceDetail, PeerSnapshot, PieceDetail, SchedulerSnapshot
 
 RECORD_SCHEMA = 1  # version of the --json "stall" record (docs/stalls.md); raise it when a field changes meaning
 
@@ -113,95 +113,6 @@ class TrackerLike(Protocol):
     def seeders(self) -> int | None: ...
     @property
     def leechers(self) -> int | None: ...
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ActivePieceDetail:
-    """Block counts of one started, not yet verified piece (FREE + REQUESTED + RECEIVED + WRITTEN = blocks)."""
-
-    piece: int
-    free: int
-    requested: int
-    received: int  # received, not yet written
-    written: int
-    # (holder, time its oldest outstanding request in this piece was sent), oldest first
-    requested_from: tuple[tuple[PeerId, float], ...] = ()
-
-
-@dataclasses.dataclass(frozen=True, slots=True, eq=False)
-class PieceDetail:
-    """Per-piece facts the snapshot does not carry (proposed: `Scheduler.snapshot(detail=True)` fills this).
-
-    `needed` and each `peer_has` entry are one byte (0/1) per piece, like the picker's own arrays.
-    """
-
-    num_pieces: int
-    piece_length: int
-    total_length: int
-    block_size: int
-    needed: bytes  # 1 = wanted and not verified
-    active: tuple[ActivePieceDetail, ...]  # every started piece that is still needed
-    peer_has: Mapping[PeerId, bytes | None]  # per connected peer; None = it has every piece (a seed)
-    allowed_fast: Mapping[PeerId, frozenset[int]] = dataclasses.field(default_factory=dict)
-    barred: Mapping[PeerId, frozenset[int]] = dataclasses.field(default_factory=dict)  # not asked again yet
-
-    def piece_size(self, piece: int) -> int:
-        if piece == self.num_pieces - 1:
-            return self.total_length - self.piece_length * (self.num_pieces - 1)
-        return self.piece_length
-
-
-def detail_from_scheduler(scheduler: Scheduler) -> PieceDetail:
-    """Build the `PieceDetail` from a live Scheduler's public state (a stopgap until the snapshot carries it).
-
-    Reads `scheduler.picker` and `scheduler.is_barred` (plus, to stay cheap, the scheduler's private list of
-    bars, checked and with a slow fallback); allowed-fast sets are not public, so they are left empty (a
-    choking peer with allowed-fast pieces then counts as choking). O(pieces x non-seed peers) in C copies.
-    """
-    picker = scheduler.picker
-    active: list[ActivePieceDetail] = []
-    for piece, ap in picker.active.items():
-        if not picker.needed[piece]:
-            continue
-        states = ap.states
-        oldest: dict[PeerId, float] = {}
-        for holders in ap.holders:
-            if holders:
-                for pid, sent in holders.items():
-                    if pid not in oldest or sent < oldest[pid]:
-                        oldest[pid] = sent
-        free = states.count(FREE)
-        requested = states.count(REQUESTED)
-        received = states.count(RECEIVED)
-        active.append(ActivePieceDetail(
-            piece=piece, free=free, requested=requested, received=received,
-            written=ap.nblocks - free - requested - received,
-            requested_from=tuple(sorted(oldest.items(), key=lambda item: item[1]))))
-    peer_has: dict[PeerId, bytes | None] = {
-        pid: None if view.bitmap is None else bytes(view.bitmap) for pid, view in picker.peers.items()}
-    needed = bytes(picker.needed)
-    barred: dict[PeerId, frozenset[int]] = {}
-    for ps in scheduler.snapshot().peers:
-        if ps.peer_choking or ps.peer not in peer_has:
-            continue  # only a peer that does not choke us needs its bars
-        bars = frozenset(i for i in _bar_candidates(scheduler, ps.peer, needed, peer_has[ps.peer])
-                         if scheduler.is_barred(ps.peer, i))
-        if bars:
-            barred[ps.peer] = bars
-    return PieceDetail(
-        num_pieces=picker.num_pieces, piece_length=picker.piece_length, total_length=picker.total_length,
-        block_size=picker.block_size, needed=needed, active=tuple(active), peer_has=peer_has, barred=barred)
-
-
-def _bar_candidates(scheduler: Scheduler, peer: PeerId, needed: bytes, has: bytes | None) -> Iterable[int]:
-    """Pieces that may be barred for `peer`: the scheduler's own short list when it can be read (a private
-    detail, so checked), else every needed piece the peer has (O(pieces) per peer: slow on big torrents)."""
-    inner: Any = getattr(scheduler, "_peers", None)
-    state: Any = inner.get(peer) if isinstance(inner, dict) else None
-    bars: Any = getattr(state, "bars", None)
-    if isinstance(bars, dict):
-        return [piece for piece in bars if isinstance(piece, int)]
-    return (i for i in range(len(needed)) if needed[i] and (has is None or has[i]))
 
 
 # --- the report --------------------------------------------------------------------------------------
@@ -290,19 +201,23 @@ def diagnose(
     detail: PieceDetail | None = None,
     stalled_for: float | None = None,
     config: Config = DEFAULT_CONFIG,
+    names: Mapping[PeerId, str] | None = None,
 ) -> StallReport:
-    """Classify every missing wanted piece. `rate_limited`: the download limiter is holding reads back now."""
+    """Classify every missing wanted piece. `rate_limited`: the download limiter is holding reads back now.
+    `detail`: `Scheduler.piece_detail()` (without it the report is estimated from the snapshot's totals).
+    `names`: how to call each peer ("ip:port" and its client when known); unnamed ones are "ip (#id)"."""
+    names = names if names is not None else {}
     peers = {ps.peer: ps for ps in snapshot.peers}
     budget_full = snapshot.budget_used + config.block_size > snapshot.budget
     disk_full = budget_full and snapshot.bytes_waiting_for_disk >= snapshot.bytes_in_flight
     if detail is None:
-        entries, missing_bytes = _estimate(snapshot, peers, rate_limited, budget_full, disk_full, config)
+        entries, missing_bytes = _estimate(snapshot, peers, rate_limited, budget_full, disk_full, config, names)
     else:
-        entries, missing_bytes = _classify(detail, peers, now, rate_limited, budget_full, disk_full, config)
+        entries, missing_bytes = _classify(detail, peers, now, rate_limited, budget_full, disk_full, config, names)
     entries.sort(key=lambda e: (-(e.bytes if e.bytes is not None else e.pieces), -e.pieces, _ORDER[e.reason]))
     cause = _pick_cause(entries, peers, disk_full)
     tracker_entries = tuple(_tracker_entry(t, now) for t in trackers)
-    idle = [IdlePeer(_peer_name(ps), ps.idle_reason) for ps in snapshot.peers if ps.idle_reason is not None]
+    idle = [IdlePeer(_peer_name(ps, names), ps.idle_reason) for ps in snapshot.peers if ps.idle_reason is not None]
     cap = config.stall_report_max_peers
     missing = sum(e.pieces for e in entries)
     report = StallReport(
@@ -322,6 +237,7 @@ def _classify(
     budget_full: bool,
     disk_full: bool,
     config: Config,
+    names: Mapping[PeerId, str],
 ) -> tuple[list[ReasonEntry], int]:
     n = detail.num_pieces
     ones = int.from_bytes(b"\x01" * n, "big")  # one 0/1 byte per piece as a big integer: OR/AND run in C
@@ -447,7 +363,7 @@ def _classify(
         size = count * detail.piece_length - (detail.piece_length - last_size if sel[n - 1] else 0)
         missing_bytes += size
         ranges, more = _ranges(sel, max_ranges)
-        named = _peers_for(reason, mask, peers, has, spare_has, barred_has, slow_ages, unchoked, ages)
+        named = _peers_for(reason, mask, peers, has, spare_has, barred_has, slow_ages, unchoked, ages, names)
         entries.append(ReasonEntry(
             reason=reason, pieces=count, bytes=size, piece_ranges=ranges, more_ranges=more,
             peers=tuple(named[:config.stall_report_max_peers]),
@@ -476,13 +392,14 @@ def _peers_for(
     slow_ages: Mapping[PeerId, float],
     unchoked: list[PeerId],
     ages: Mapping[PeerId, float],
+    names: Mapping[PeerId, str],
 ) -> list[PeerEntry]:
     """The peers behind one reason, most relevant first."""
     if reason is Reason.REQUESTED_SLOW:
         order = sorted(slow_ages, key=lambda pid: -slow_ages[pid])
-        named = [_peer_entry(peers[pid], slow_ages[pid]) for pid in order if pid in peers]
+        named = [_peer_entry(peers[pid], slow_ages[pid], names) for pid in order if pid in peers]
         # then the peers that timed out on (or rejected) these pieces and may not be asked again yet
-        named += [_peer_entry(peers[pid], ages.get(pid)) for pid, m in barred_has.items()
+        named += [_peer_entry(peers[pid], ages.get(pid), names) for pid, m in barred_has.items()
                   if m & mask and pid not in slow_ages]
         return named
     if reason is Reason.HOLDERS_CHOKE_US:
@@ -495,7 +412,7 @@ def _peers_for(
         chosen = [pid for pid in unchoked if has[pid] & mask]
     else:
         return []
-    entries = [_peer_entry(peers[pid], ages.get(pid)) for pid in chosen]
+    entries = [_peer_entry(peers[pid], ages.get(pid), names) for pid in chosen]
     entries.sort(key=lambda e: -(e.request_age or 0.0))
     return entries
 
@@ -507,6 +424,7 @@ def _estimate(
     budget_full: bool,
     disk_full: bool,
     config: Config,
+    names: Mapping[PeerId, str],
 ) -> tuple[list[ReasonEntry], int]:
     """Without per-piece facts: classify the snapshot's piece counts as whole groups (no piece numbers)."""
     missing = max(0, snapshot.pieces_wanted - snapshot.pieces_verified)
@@ -537,7 +455,7 @@ def _estimate(
             chosen = [ps for ps in interested if not ps.peer_choking and ps.outstanding]
         else:
             chosen = []
-        named = sorted((_peer_entry(ps, ps.oldest_request_age) for ps in chosen),
+        named = sorted((_peer_entry(ps, ps.oldest_request_age, names) for ps in chosen),
                        key=lambda e: -(e.request_age or 0.0))
         entries.append(ReasonEntry(reason=group, pieces=count, bytes=None, piece_ranges=(), more_ranges=0,
                                    peers=tuple(named[:cap]), more_peers=max(0, len(named) - cap)))
@@ -584,7 +502,11 @@ def format_ranges(ranges: Iterable[tuple[int, int]], more: int = 0) -> str:
     return text
 
 
-def _peer_name(ps: PeerSnapshot) -> str:
+def _peer_name(ps: PeerSnapshot, names: Mapping[PeerId, str]) -> str:
+    """The caller's name for the peer ("ip:port client"), else its address (and our number for it)."""
+    given = names.get(ps.peer)
+    if given:
+        return given
     peer: Any = ps.peer
     if isinstance(peer, tuple) and len(peer) == 2 and peer[0] == ps.ip:
         return f"{ps.ip}:{peer[1]}"
@@ -593,8 +515,8 @@ def _peer_name(ps: PeerSnapshot) -> str:
     return f"{ps.ip} (#{peer})"
 
 
-def _peer_entry(ps: PeerSnapshot, age: float | None) -> PeerEntry:
-    return PeerEntry(name=_peer_name(ps), peer_choking=ps.peer_choking, snubbed=ps.snubbed,
+def _peer_entry(ps: PeerSnapshot, age: float | None, names: Mapping[PeerId, str]) -> PeerEntry:
+    return PeerEntry(name=_peer_name(ps, names), peer_choking=ps.peer_choking, snubbed=ps.snubbed,
                      outstanding=ps.outstanding, limit=ps.limit, rate=ps.rate, request_age=age)
 
 
@@ -895,7 +817,6 @@ __all__ = [
     "StallReport",
     "TrackerEntry",
     "TrackerLike",
-    "detail_from_scheduler",
     "diagnose",
     "format_ranges",
     "report_lines",

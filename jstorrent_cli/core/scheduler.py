@@ -57,9 +57,10 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jstorrent_cli.config import Config
+from jstorrent_cli.core.budget import BudgetPool
 from jstorrent_cli.core.messages import (
     AllowedFast,
     BanPeer,
@@ -154,6 +155,42 @@ class SchedulerSnapshot:
         return self.bytes_in_flight + self.bytes_waiting_for_disk
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActivePieceDetail:
+    """Block counts of one started, not yet verified piece (FREE + REQUESTED + RECEIVED + WRITTEN = blocks)."""
+
+    piece: int
+    free: int
+    requested: int
+    received: int  # received, not yet written
+    written: int
+    # (holder, time its oldest outstanding request in this piece was sent), oldest first
+    requested_from: tuple[tuple[PeerId, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class PieceDetail:
+    """Per-piece state for the stall diagnosis (core/diagnose.py), from `Scheduler.piece_detail()`.
+
+    `needed` and each `peer_has` entry are one byte (0/1) per piece, like the picker's own arrays.
+    """
+
+    num_pieces: int
+    piece_length: int
+    total_length: int
+    block_size: int
+    needed: bytes  # 1 = wanted and not verified
+    active: tuple[ActivePieceDetail, ...]  # every started piece that is still needed
+    peer_has: Mapping[PeerId, bytes | None]  # per joined peer; None = it has every piece (a seed)
+    allowed_fast: Mapping[PeerId, frozenset[int]] = dataclasses.field(default_factory=dict)
+    barred: Mapping[PeerId, frozenset[int]] = dataclasses.field(default_factory=dict)  # not asked again yet
+
+    def piece_size(self, piece: int) -> int:
+        if piece == self.num_pieces - 1:
+            return self.total_length - self.piece_length * (self.num_pieces - 1)
+        return self.piece_length
+
+
 class _Peer:
     __slots__ = (
         "allowed_fast",
@@ -230,6 +267,7 @@ class Scheduler:
         have: Sequence[bool] | None = None,
         *,
         sequential: bool = False,
+        budget_pool: BudgetPool | None = None,
     ) -> None:
         self.config = config
         self.picker = Picker(num_pieces, piece_length, total_length, config.block_size, rng,
@@ -237,6 +275,13 @@ class Scheduler:
                              max_holders=config.endgame_max_dups)
         self._bs = config.block_size
         self._budget = config.max_unflushed_bytes
+        # A batch shares one budget among its items (core/budget.py): then `_budget` is this scheduler's
+        # grant, topped up from the pool while a fact is handled and settled back to what it uses.
+        self._pool = budget_pool
+        self._member = budget_pool.join() if budget_pool is not None else 0
+        self._left_pool = False
+        if budget_pool is not None:
+            self._budget = 0
         self._peers: dict[PeerId, _Peer] = {}
         self._in_flight = 0
         self._waiting = 0
@@ -310,8 +355,27 @@ class Scheduler:
                     self._remove_peer(peer)
             case PieceHashed():
                 self._on_hashed(fact)
+        pool = self._pool
+        if pool is None:
+            self._flush()
+            return out
+        if self._left_pool:  # shutting down: what is in flight may land, nothing new is asked
+            self._budget = self._in_flight + self._waiting
+            self._flush()
+            return out
+        self._budget = pool.top_up(self._member, self._in_flight + self._waiting)
         self._flush()
+        starving = bool(self._hungry) and self._budget_full() and self.picker.free_blocks > 0
+        pool.settle(self._member, self._in_flight + self._waiting, starving=starving)
+        self._budget = self._in_flight + self._waiting
         return out
+
+    def leave_budget_pool(self) -> None:
+        """The download ended: give this scheduler's share of a batch's budget back (no-op without one)."""
+        if self._pool is not None and not self._left_pool:
+            self._pool.leave(self._member)
+            self._left_pool = True
+            self._budget = self._in_flight + self._waiting
 
     def snapshot(self) -> SchedulerSnapshot:
         """A frozen picture of everything the display and the stall report need."""
@@ -337,7 +401,7 @@ class Scheduler:
             peers=peers,
             bytes_in_flight=self._in_flight,
             bytes_waiting_for_disk=self._waiting,
-            budget=self._budget,
+            budget=self._budget if self._pool is None else self._pool.room(self._member),
             pieces_missing=picker.unstarted_count,
             pieces_partial=partial,
             pieces_fully_requested=fully,
@@ -354,6 +418,42 @@ class Scheduler:
             finished=picker.needed_count == 0,
         )
 
+    def piece_detail(self) -> PieceDetail:
+        """What the snapshot does not carry and the stall diagnosis needs: per started piece its block
+        counts and holders, per peer what it has, its allowed-fast pieces and its bars (as of the last fact).
+
+        Cost: one C copy of the needed array and of each non-seed peer's bitmap (O(pieces x peers) bytes)
+        plus O(blocks) per started piece (the start cap keeps those few) and O(bars) per peer.
+        """
+        picker = self.picker
+        needed_arr = picker.needed
+        active: list[ActivePieceDetail] = []
+        for piece, ap in picker.active.items():
+            if not needed_arr[piece]:
+                continue
+            states = ap.states
+            oldest: dict[PeerId, float] = {}
+            for holders in ap.holders:
+                if holders:
+                    for pid, sent in holders.items():
+                        if sent < oldest.get(pid, sent + 1.0):
+                            oldest[pid] = sent
+            free, requested, received = states.count(FREE), states.count(REQUESTED), states.count(RECEIVED)
+            active.append(ActivePieceDetail(
+                piece=piece, free=free, requested=requested, received=received,
+                written=ap.nblocks - free - requested - received,
+                requested_from=tuple(sorted(oldest.items(), key=lambda item: item[1]))))
+        now = self._now
+        peers = self._peers.values()
+        return PieceDetail(
+            num_pieces=picker.num_pieces, piece_length=picker.piece_length, total_length=picker.total_length,
+            block_size=picker.block_size, needed=bytes(needed_arr), active=tuple(active),
+            peer_has={p.id: None if p.pieces.bitmap is None else bytes(p.pieces.bitmap) for p in peers},
+            allowed_fast={p.id: frozenset(p.allowed_fast) for p in peers if p.fast and p.allowed_fast},
+            barred={p.id: bars for p in peers if p.bars
+                    and (bars := frozenset(piece for piece, until in p.bars.items() if now < until))},
+        )
+
     def _idle_reason(self, peer: _Peer) -> str | None:
         if peer.outstanding or len(peer.outstanding) >= peer.limit:
             return None
@@ -361,6 +461,8 @@ class Scheduler:
             return IDLE_NOTHING_WANTED
         if peer.peer_choking:
             return IDLE_CHOKED
+        if self._budget_full() and self.picker.free_blocks:
+            return IDLE_BUDGET  # said here: _flush skips hungry peers while the budget is full
         return peer.idle_reason
 
     @property
@@ -1082,7 +1184,9 @@ class Scheduler:
 __all__ = [
     "FREE",
     "REQUESTED",
+    "ActivePieceDetail",
     "PeerSnapshot",
+    "PieceDetail",
     "Scheduler",
     "SchedulerSnapshot",
 ]

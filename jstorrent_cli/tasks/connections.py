@@ -9,6 +9,10 @@ tries addresses that worked before first, and never talks to a banned IP (any po
 
 Every connection, ours or accepted, becomes a `PeerLink` registered in `links` (which the scheduler
 actor routes into) for as long as its `run_peer` task lives.
+
+In a batch, the managers of all items share one `PeerSlots`: Config.max_peers (and the incoming
+share) then count the connections of every item together, and a connection that ends in one item
+wakes the others, which may be waiting for a slot.
 """
 
 from __future__ import annotations
@@ -38,6 +42,32 @@ class _AddressState:
     busy: bool = False
 
 
+class PeerSlots:
+    """One connection limit for several managers (a batch): Config.max_peers over all of them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.managers: list[ConnectionManager] = []
+
+    def used(self) -> int:
+        return sum(len(m.links) + m.connecting for m in self.managers)
+
+    def incoming(self) -> int:
+        return sum(m.incoming for m in self.managers)
+
+    def add(self, manager: ConnectionManager) -> None:
+        self.managers.append(manager)
+
+    def remove(self, manager: ConnectionManager) -> None:
+        if manager in self.managers:
+            self.managers.remove(manager)
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        for manager in self.managers:
+            manager.wake()
+
+
 class ConnectionManager:
     def __init__(
         self,
@@ -46,8 +76,10 @@ class ConnectionManager:
         *,
         local_address: str | None = None,
         own_addresses: Iterable[Address] = (),
+        slots: PeerSlots | None = None,
     ) -> None:
         self.ctx = ctx
+        self.slots = slots
         self.config = config
         self.local_address = local_address
         self.links: dict[PeerId, PeerLink] = {}
@@ -63,6 +95,18 @@ class ConnectionManager:
         self.on_empty: Callable[[], None] | None = None  # every connection is gone (re-announce sooner)
         self._ids = itertools.count(1)
         self._wake = trio.Event()
+        if slots is not None:
+            slots.add(self)
+
+    def wake(self) -> None:
+        """Look again for addresses to connect to (a slot may have come free)."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """This manager's torrent is done: it no longer counts against a shared limit."""
+        if self.slots is not None:
+            self.slots.remove(self)
+            self.slots = None
 
     # -- calls that never block --
 
@@ -87,12 +131,15 @@ class ConnectionManager:
         return self.uploaded_closed + sum(link.up.total for link in self.links.values())
 
     def _room(self) -> bool:
+        if self.slots is not None:
+            return self.slots.used() < self.config.max_peers
         return len(self.links) + self.connecting < self.config.max_peers
 
     def _incoming_room(self) -> bool:
         """Room for one more accepted connection: a share of the slots stays for the ones we make."""
         limit = max(1, int(self.config.max_peers * self.config.max_incoming_share))
-        return self.incoming < limit and self._room()
+        incoming = self.slots.incoming() if self.slots is not None else self.incoming
+        return incoming < limit and self._room()
 
     # -- running connections --
 
@@ -110,9 +157,11 @@ class ConnectionManager:
             if not self.links and self.on_empty is not None and self.accepting:
                 self.on_empty()
             self._wake.set()
+            if self.slots is not None:
+                self.slots.wake_all()
         return link
 
-    async def accept(self, stream: trio.SocketStream, ip: str, port: int) -> None:
+    async def accept(self, stream: trio.abc.Stream, ip: str, port: int) -> None:
         """The listener's handler: take the connection if there is room and the IP is not banned."""
         if not self.accepting or ip in self.banned or not self._incoming_room():
             await trio.aclose_forcefully(stream)
@@ -144,6 +193,8 @@ class ConnectionManager:
             seeder = link.close_reason == BOTH_SEEDERS
         finally:
             self.connecting -= 1
+            if self.slots is not None:
+                self.slots.wake_all()
             state.busy = False
             now = trio.current_time()
             if worked:

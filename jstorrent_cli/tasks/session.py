@@ -49,22 +49,30 @@ import trio
 
 from jstorrent_cli.config import Config
 from jstorrent_cli.core.announce import AnnounceRequest, make_key, make_peer_id
+from jstorrent_cli.core.budget import BudgetPool
 from jstorrent_cli.core.choker import Choker
 from jstorrent_cli.core.diagnose import (
     StallDetector,
     StallReport,
-    detail_from_scheduler,
     diagnose,
     report_lines,
 )
 from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.core.messages import BlocksWritten, Fact, PeerId, PieceHashed, ReceivedBlock
 from jstorrent_cli.core.metainfo import Torrent
+from jstorrent_cli.core.recorder import LogHeader, RecordingScheduler
 from jstorrent_cli.core.scheduler import Scheduler, SchedulerSnapshot
 from jstorrent_cli.core.selection import wanted_pieces
-from jstorrent_cli.errors import ExitStatus, FileCreateError, JsTorrentError, StallTimeoutError
+from jstorrent_cli.errors import (
+    ExitStatus,
+    FileCreateError,
+    FileOpenError,
+    JsTorrentError,
+    StallTimeoutError,
+    StorageError,
+)
 from jstorrent_cli.tasks import listener as listener_mod
-from jstorrent_cli.tasks.connections import Address, ConnectionManager
+from jstorrent_cli.tasks.connections import Address, ConnectionManager, PeerSlots
 from jstorrent_cli.tasks.parts import layout_for_selection
 from jstorrent_cli.tasks.peer import TokenBucket, TorrentContext
 from jstorrent_cli.tasks.resume_store import Recovered, ResumeSaver, StateStore, recover
@@ -144,6 +152,17 @@ class SessionResult:
         return int(self.exception.exit_status if self.exception is not None else ExitStatus.UNKNOWN)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shared:
+    """What the items of a batch share (tasks/batch.py): one listening port whose connections the
+    router hands out by info hash, one connection limit, one unflushed-data budget."""
+
+    router: listener_mod.Router
+    port: int
+    slots: PeerSlots
+    pool: BudgetPool
+
+
 class Display(Protocol):
     """What the session shows through. A display may also have `stall(report: StallReport) -> None`,
     called once when a stall starts (looked up with getattr: it is optional)."""
@@ -211,8 +230,13 @@ class _Session:
         rng: random.Random,
         selected: Collection[int] | None = None,
         live_diagnosis: bool = False,
+        log_json: str | os.PathLike[str] | None = None,
+        shared: Shared | None = None,
+        interrupt: trio.Event | None = None,
     ) -> None:
         self.config = config
+        self.shared = shared
+        self.interrupt = interrupt
         self.torrent = torrent
         self.out_dir = os.fspath(out_dir)
         self.initial_peers = list(peers)
@@ -237,6 +261,8 @@ class _Session:
         self.store = StateStore(self.out_dir, torrent.name, config)
         self.saver: ResumeSaver | None = None
         self.live_diagnosis = live_diagnosis
+        self.log_json = None if log_json is None else os.fspath(log_json)
+        self.log_sink: Callable[[str], None] | None = None
         self.detector = StallDetector(config.stall_report_after)
         self.note: str | None = None
         self.stall_reports = 0  # stall reports shown (tests read it)
@@ -377,8 +403,14 @@ class _Session:
         return diagnose(
             scheduler.snapshot(), now=now, trackers=self.status().trackers,
             rate_limited=bucket is not None and bucket.tokens < self.config.block_size,
-            detail=detail_from_scheduler(scheduler), stalled_for=stalled_for, config=self.config,
+            detail=scheduler.piece_detail(), stalled_for=stalled_for, config=self.config,
+            names=self._peer_names(),
         )
+
+    def _peer_names(self) -> dict[PeerId, str]:
+        """"ip:port" (and the client's name when its handshake said) of every connection, for reports."""
+        links = self.manager.links.values() if self.manager is not None else ()
+        return {link.peer: f"{link.ip}:{link.port}" + (f" {link.client}" if link.client else "") for link in links}
 
     def _show_stall(self, report: StallReport) -> None:
         self.stall_reports += 1
@@ -427,18 +459,18 @@ class _Session:
         lines += report_lines(report)
         snap = scheduler.snapshot()
         lines.append(f"Peers ({len(snap.peers)}):")
-        clients = {link.peer: link.client for link in self.manager.links.values()} if self.manager else {}
+        names = self._peer_names()
         for ps in snap.peers:
             age = "-" if ps.oldest_request_age is None else f"{ps.oldest_request_age:.1f}s"
             flags = "".join((
                 "C" if ps.peer_choking else "u", "i" if ps.am_interested else "-",
                 "I" if ps.peer_interested else "-", "S" if ps.snubbed else "-"))
             lines.append(
-                f"  {ps.ip} {clients.get(ps.peer) or '?'} [{flags}] {ps.outstanding}/{ps.limit} requests, "
+                f"  {names.get(ps.peer, ps.ip)} [{flags}] {ps.outstanding}/{ps.limit} requests, "
                 f"oldest {age}, timeout {ps.request_timeout:.1f}s, {format_rate(ps.rate)}, "
                 f"got {format_size(ps.bytes_received)}, wasted {format_size(ps.wasted_bytes)}"
                 + (f", idle: {ps.idle_reason}" if ps.idle_reason else ""))
-        detail = detail_from_scheduler(scheduler)
+        detail = scheduler.piece_detail()
         cap = self.config.state_dump_max_pieces
         needed = detail.needed.count(1)
         lines.append(f"Pieces: {snap.pieces_verified} of {snap.pieces_wanted} wanted verified, {needed} missing, "
@@ -506,9 +538,13 @@ class _Session:
             signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
                        if self.handle_signals else None)
             storage = stack.enter_context(Storage(self.out_dir, self.disk_files, self.disk_geometry, config))
+            if self.log_json is not None:
+                self.log_sink = self._open_log(stack, self.log_json)
             async with trio.open_nursery() as outer:
                 if signals is not None:
                     outer.start_soon(self.watch_signals, signals)
+                if self.interrupt is not None:
+                    outer.start_soon(self._watch_interrupt, self.interrupt)
                 outer.start_soon(self.display.run, self.status)
                 with trio.CancelScope() as check_scope:
                     outer.start_soon(self._cancel_on_stop, check_scope)
@@ -518,11 +554,32 @@ class _Session:
                     await self._transfer(storage, recovered, task_status)
                 outer.cancel_scope.cancel()
 
+    def _open_log(self, stack: contextlib.ExitStack, path: str) -> Callable[[str], None]:
+        """--log-json FILE: open it (replacing it) and return the recorder's sink; write errors end the session."""
+        try:
+            file = stack.enter_context(open(path, "w", encoding="utf-8", buffering=self.config.log_json_buffer))  # noqa: SIM115 (the stack closes it)
+        except OSError as err:
+            raise FileOpenError(f"--log-json {path}: {err.strerror}") from None
+
+        def write(line: str) -> None:
+            try:
+                file.write(line)
+            except OSError as err:
+                raise StorageError(f"--log-json {path}: {err.strerror}") from None
+
+        return write
+
     def _files_to_create(self) -> list[int] | None:
         """Zero-length files to create: all, or only the selected ones (never the unselected)."""
         if self.selected is None:
             return None
         return sorted(self.selected)
+
+    async def _watch_interrupt(self, interrupt: trio.Event) -> None:
+        """A batch's Ctrl-C: stop as the first SIGINT would."""
+        await interrupt.wait()
+        self.interrupted = True
+        self.stop.set()
 
     async def _cancel_on_stop(self, scope: trio.CancelScope) -> None:
         await self.stop.wait()
@@ -551,8 +608,15 @@ class _Session:
         for piece in recovered.verified:
             have[piece] = True
             self.have[piece >> 3] |= 0x80 >> (piece & 7)
-        scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
-                              wanted=self.wanted, have=have)
+        if self.log_sink is not None:  # --log-json: the scheduler gets its own seeded rng, for replays
+            header = LogHeader(config, n, torrent.piece_length, torrent.total_length,
+                               wanted=None if self.wanted is None else tuple(self.wanted), have=tuple(have),
+                               sequential=False, seed=self.rng.getrandbits(63), name=torrent.name)
+            scheduler: Scheduler = RecordingScheduler(header, self.log_sink)
+        else:
+            scheduler = Scheduler(n, torrent.piece_length, torrent.total_length, config, self.rng,
+                                  wanted=self.wanted, have=have,
+                                  budget_pool=self.shared.pool if self.shared is not None else None)
         self.scheduler = scheduler
         picker = scheduler.picker
         self.saver = ResumeSaver(
@@ -568,6 +632,11 @@ class _Session:
             try:
                 await self._transfer_with(storage, scheduler, task_status)
             finally:
+                scheduler.leave_budget_pool()
+                if self.manager is not None:
+                    self.manager.close()
+                if self.shared is not None:
+                    self.shared.router.unregister(torrent.info_hash)
                 saver_nursery.cancel_scope.cancel()
 
     async def _transfer_with(self, storage: Storage, scheduler: Scheduler, task_status: trio.TaskStatus[int]) -> None:
@@ -588,11 +657,17 @@ class _Session:
             have=self.have, inbox=inbox_send, read_block=storage.read_block,
             upload_limit=self._bucket(config.max_upload_rate), download_limit=self.download_limit,
         )
-        listeners = await listener_mod.open_listeners(config, self.listen_host, self.port)
-        self.listen_port = listener_mod.listening_port(listeners)
+        shared = self.shared
+        listeners = None
+        if shared is None:
+            listeners = await listener_mod.open_listeners(config, self.listen_host, self.port)
+            self.listen_port = listener_mod.listening_port(listeners)
+        else:
+            self.listen_port = shared.port
         local = self.listen_host if self.listen_host not in (None, "", "0.0.0.0", "::") else None
         own = {(self.listen_host or "0.0.0.0", self.listen_port)}
-        manager = ConnectionManager(ctx, config, local_address=local, own_addresses=own)
+        manager = ConnectionManager(ctx, config, local_address=local, own_addresses=own,
+                                    slots=shared.slots if shared is not None else None)
         self.manager = manager
         actor = SchedulerActor(scheduler, manager.links, write_send, hash_send, torrent.piece_hash, self.have,
                                self, Choker(config, self.rng))
@@ -610,7 +685,10 @@ class _Session:
             nursery.start_soon(ticker, inbox_send, config.tick_interval)
             nursery.start_soon(storage.writer_loop, write_receive, send_written)
             nursery.start_soon(storage.hasher_loop, hash_receive, send_hashed)
-            nursery.start_soon(listener_mod.serve, listeners, manager.accept)
+            if listeners is not None:
+                nursery.start_soon(listener_mod.serve, listeners, manager.accept)
+            elif self.shared is not None:
+                self.shared.router.register(torrent.info_hash, manager.accept)
             nursery.start_soon(manager.run)
             nursery.start_soon(self.watch_seeding)
             nursery.start_soon(self.watch_stalls)
@@ -689,6 +767,9 @@ async def run(
     rng: random.Random | None = None,
     selected: Collection[int] | None = None,
     live_diagnosis: bool = False,
+    log_json: str | os.PathLike[str] | None = None,
+    shared: Shared | None = None,
+    interrupt: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> SessionResult:
     """Download (and seed) one torrent into `out_dir`; see the module docstring.
@@ -696,13 +777,16 @@ async def run(
     `seed_time` is in seconds (math.inf: seed until cancelled). With `nursery.start(...)`, the
     listening port is reported once the session accepts connections. `selected`: 0-based file
     indexes to download (core/selection.parse_select_file; None: every file). `live_diagnosis`
-    (-v): classify the missing pieces about once a second into SessionStatus.note.
+    (-v): classify the missing pieces about once a second into SessionStatus.note. `log_json`: write the
+    scheduler's facts and commands to this file (core/recorder.py; `jstorrent replay` reads it).
+    `shared` (a batch): use its port, connection limit and budget instead of opening our own (not with
+    `log_json`). `interrupt`: when set, stop as on a first Ctrl-C (result "interrupted").
     """
     session = _Session(
         config, torrent, out_dir, peers=peers, display=display if display is not None else NullDisplay(),
         listen_host=listen_host, port=port, seed_time=seed_time, seed_ratio=seed_ratio,
         handle_signals=handle_signals, peer_id=peer_id, rng=rng if rng is not None else random.Random(),
-        selected=selected, live_diagnosis=live_diagnosis,
+        selected=selected, live_diagnosis=live_diagnosis, log_json=log_json, shared=shared, interrupt=interrupt,
     )
     result = await session.run(task_status)
     session.display.finish(result)

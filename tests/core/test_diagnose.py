@@ -23,7 +23,6 @@ from jstorrent_cli.core.diagnose import (
     Reason,
     StallDetector,
     StallReport,
-    detail_from_scheduler,
     diagnose,
     format_ranges,
     report_lines,
@@ -71,7 +70,7 @@ def deliver(s: Scheduler, peer: int, refs: list[m.BlockRef], now: float) -> list
 
 
 def report_of(s: Scheduler, now: float, **kwargs: object) -> StallReport:
-    return diagnose(s.snapshot(), now=now, detail=detail_from_scheduler(s), **kwargs)  # type: ignore[arg-type]
+    return diagnose(s.snapshot(), now=now, detail=s.piece_detail(), **kwargs)  # type: ignore[arg-type]
 
 
 def pieces_of(report: StallReport, reason: Reason) -> set[int]:
@@ -294,11 +293,11 @@ def test_not_yet_requested_is_blamed_on_the_scheduler() -> None:
     s = make(num_pieces=8, blocks=4)
     join(s, 0, unchoke=True)
     snap = s.snapshot()
-    healthy = diagnose(snap, now=5.0, detail=detail_from_scheduler(s))
+    healthy = diagnose(snap, now=5.0, detail=s.piece_detail())
     assert healthy.count(Reason.NOT_YET_REQUESTED) == 0 and healthy.count(Reason.QUEUED) == 7
     peer = snap.peers[0]
     buggy = dataclasses.replace(snap, peers=(dataclasses.replace(peer, limit=peer.outstanding + 4),))
-    report = diagnose(buggy, now=5.0, detail=detail_from_scheduler(s), stalled_for=5.0)
+    report = diagnose(buggy, now=5.0, detail=s.piece_detail(), stalled_for=5.0)
     assert report.cause is Reason.NOT_YET_REQUESTED
     assert report.count(Reason.NOT_YET_REQUESTED) == 7
     assert peer_names(report, Reason.NOT_YET_REQUESTED) == {name(0)}
@@ -399,7 +398,7 @@ def test_ranges_are_capped_and_counted() -> None:
 def test_last_piece_bytes_are_its_own_length() -> None:
     piece_length = 4 * BS
     s = Scheduler(3, piece_length, 2 * piece_length + 100, DEFAULT_CONFIG, random.Random(0))
-    report = diagnose(s.snapshot(), now=0.0, detail=detail_from_scheduler(s))
+    report = diagnose(s.snapshot(), now=0.0, detail=s.piece_detail())
     assert report.missing_bytes == 2 * piece_length + 100
     assert report.entry(Reason.NO_PEERS).bytes == 2 * piece_length + 100  # type: ignore[union-attr]
 
@@ -431,7 +430,7 @@ def test_reference_model(num_pieces: int, peers: list[tuple[set[int], bool, bool
         deliver(s, peer, mine, 1.0)  # type: ignore[arg-type]
     if write and refs:
         s.handle(m.BlocksWritten(tuple(refs)), 2.0)
-    detail = detail_from_scheduler(s)
+    detail = s.piece_detail()
     report = diagnose(s.snapshot(), now=3.0, detail=detail)
     check_consistent(report, s)
     snap = s.snapshot()
@@ -473,7 +472,7 @@ def test_80000_pieces_50_peers_is_cheap() -> None:
             s.handle(m.PeerJoined(peer, ip_of(peer), bitfield=bits), 0.0)
             s.handle(m.Unchoked(peer), 0.0)
     snap = s.snapshot()
-    detail = detail_from_scheduler(s)
+    detail = s.piece_detail()
     start = time.perf_counter()
     report = diagnose(snap, now=10.0, detail=detail)
     elapsed = time.perf_counter() - start
@@ -527,3 +526,36 @@ def test_detector_timeout() -> None:
         StallDetector(-1.0)
     with pytest.raises(ValueError):
         StallDetector(float("nan"))
+
+
+# --- what the scheduler's piece_detail() carries ------------------------------------------------------------
+
+
+def test_allowed_fast_pieces_of_a_choking_peer_are_not_blamed_on_choking() -> None:
+    s = make(num_pieces=8, blocks=1)
+    s.handle(m.PeerJoined(0, ip_of(0), have_all=True, fast=True), 0.0)
+    s.handle(m.AllowedFast(0, 3), 0.0)
+    detail = s.piece_detail()
+    assert detail.allowed_fast == {0: frozenset({3})}
+    report = diagnose(s.snapshot(), now=1.0, detail=detail)
+    assert pieces_of(report, Reason.HOLDERS_CHOKE_US) == set(range(8)) - {3}
+    assert Reason.HOLDERS_CHOKE_US not in {e.reason for e in report.reasons if 3 in pieces_of(report, e.reason)}
+
+
+def test_piece_detail_bars_end_with_their_delay() -> None:
+    s = make(num_pieces=1, blocks=1)
+    [ref] = requested(join(s, 0, unchoke=True), 0)
+    s.handle(m.RequestRejected(0, *ref), 1.0)
+    assert s.piece_detail().barred == {0: frozenset({0})}
+    assert requested(s.handle(m.Tick(), 1.0 + DEFAULT_CONFIG.piece_retry_delay), 0) == [ref]  # asked again
+    assert s.piece_detail().barred == {}
+
+
+def test_reports_use_the_callers_names_for_peers() -> None:
+    s = make(num_pieces=4, blocks=1)
+    join(s, 0, unchoke=False)
+    join(s, 1, unchoke=False)
+    report = diagnose(s.snapshot(), now=1.0, detail=s.piece_detail(), names={0: "127.0.0.5:6881 qBittorrent 4.6"})
+    # The named peer by its name; the other by address and our number for it.
+    assert peer_names(report, Reason.HOLDERS_CHOKE_US) == {"127.0.0.5:6881 qBittorrent 4.6", name(1)}
+    assert {p.name for p in report.idle_peers} == {"127.0.0.5:6881 qBittorrent 4.6", name(1)}

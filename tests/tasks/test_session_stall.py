@@ -93,8 +93,8 @@ async def test_a_seeder_that_chokes_us_forever_is_named_in_the_stall_report(tmp_
     assert report.precise and report.peers_connected == 1
     assert report.count(Reason.HOLDERS_CHOKE_US) == torrent.piece_count
     entry = report.entry(Reason.HOLDERS_CHOKE_US)
-    # PeerSnapshot carries no port, so the report names the peer by address and connection number.
-    assert entry is not None and [p.name.split()[0] for p in entry.peers] == ["127.0.0.6"]
+    # The report names the peer by the address we connected to (its client's name would follow).
+    assert entry is not None and [p.name for p in entry.peers] == [f"127.0.0.6:{peer_port}"]
     assert report.stalled_for is not None and report.stalled_for >= FAST.stall_report_after
     assert "choking us" in report.most_likely_cause
     # Before the stall, -v showed the live classification; then the stall's cause.

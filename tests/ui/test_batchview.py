@@ -1,0 +1,147 @@
+"""The batch views (ui/batchview.py): a few lines however long the list, the results table, the records."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import trio
+import trio.testing
+from rich.console import Console
+
+from jstorrent_cli.config import DEFAULT_CONFIG, MiB
+from jstorrent_cli.core.batchlist import STATUS_DUPLICATE, STATUS_ERROR, STATUS_OK, ItemResult
+from jstorrent_cli.ui.batchview import (
+    PHASE_ACTIVE,
+    PHASE_DONE,
+    PHASE_FAILED,
+    PHASE_WAITING,
+    BatchJsonDisplay,
+    BatchPlainDisplay,
+    BatchQuietDisplay,
+    BatchRichDisplay,
+    BatchStatus,
+    ItemView,
+    busiest,
+    make_batch_display,
+    result_record,
+    results_table,
+    totals_line,
+)
+from tests.ui.test_display import make_status
+
+
+def batch_status(active: int) -> BatchStatus:
+    """12 items: 3 done, `active` running (item k at k MiB/s), 1 failed, the rest waiting."""
+    items = [ItemView(n, f"{n}.torrent", PHASE_DONE, None) for n in (1, 2, 3)]
+    items.append(ItemView(4, "4.torrent", PHASE_FAILED, None))
+    for n in range(5, 5 + active):
+        items.append(ItemView(n, f"{n}.torrent", PHASE_ACTIVE,
+                              make_status(name=f"item{n}", download_rate=float(n * MiB), upload_rate=float(MiB))))
+    for n in range(5 + active, 13):
+        items.append(ItemView(n, f"{n}.torrent", PHASE_WAITING, None))
+    return BatchStatus(items=tuple(items), buffer_used=16 * MiB, buffer_total=64 * MiB, peers_connected=9,
+                       max_peers=50, elapsed=3.0)
+
+
+def test_totals_then_the_busiest_items_then_the_rest_counted() -> None:
+    status = batch_status(active=7)
+    line = totals_line(status)
+    assert line.startswith("12 items: 3 done · 7 active · 1 waiting · 1 failed")
+    total_rate = sum(range(5, 12))
+    assert f"↓{total_rate}.0MiB/s ↑7.0MiB/s" in line
+    assert "buffer 16.0MiB/64.0MiB (25%)" in line and "peers 9/50" in line
+    shown, more = busiest(status, 5)
+    assert [i.id for i in shown] == [11, 10, 9, 8, 7] and more == 2
+    display = BatchRichDisplay(DEFAULT_CONFIG, console=Console(file=io.StringIO(), width=200), out=io.StringIO())
+    lines = display.render(status).plain.splitlines()
+    assert len(lines) == 2 + DEFAULT_CONFIG.batch_view_rows + 1  # a few lines, whatever the list's length
+    assert lines[1].startswith("buffer 16.0MiB/64.0MiB") and lines[2].startswith("#11 item11") and lines[-1] == "(+2)"
+
+
+def _result(n: int, status: str, **kw: object) -> ItemResult:
+    fields: dict[str, object] = dict(
+        id=n, source=f"/t/{n}.torrent", status=status, exit_status=0, error=None, name=f"name{n}",
+        info_hash=bytes([n]) * 20, path=f"/out/name{n}", average_rate=2.5 * MiB, bytes=MiB, total_bytes=MiB,
+        verified_bytes=MiB, duplicate_of=None)
+    fields.update(kw)
+    return ItemResult(**fields)  # type: ignore[arg-type]
+
+
+RESULTS = [
+    _result(1, STATUS_OK),
+    _result(2, STATUS_ERROR, exit_status=25, error="/t/2.torrent: not bencode", name=None, info_hash=None,
+            path="/t/2.torrent", average_rate=0.0, bytes=0),
+    _result(3, STATUS_DUPLICATE, duplicate_of=1, path="/out/name1", average_rate=0.0, bytes=0),
+]
+
+
+def test_results_table_is_aria2s() -> None:
+    assert results_table(RESULTS) == [
+        "",
+        "Download Results:",
+        "gid   |stat|avg speed  |path/URI",
+        "======+====+===========+=====",
+        "1     |  OK|   2.5MiB/s|/out/name1",
+        "2     | ERR|       0B/s|/t/2.torrent",
+        "3     | DUP|       0B/s|/out/name1",
+        "",
+        "Status Legend:",
+        "(OK):download completed.(ERR):error occurred.(DUP):duplicate of an earlier item (downloaded once).",
+        "#3 (/t/3.torrent) duplicates #1: same info hash, downloaded once",
+    ]
+
+
+async def test_plain_json_and_quiet_views() -> None:
+    err, out = io.StringIO(), io.StringIO()
+    plain = BatchPlainDisplay(DEFAULT_CONFIG, file=err, out=out)
+    for r in RESULTS:
+        plain.item_done(r)
+    plain.finish(RESULTS)
+    assert err.getvalue().splitlines() == [
+        "#1 OK name1: 1.0MiB at 2.5MiB/s",
+        "#2 ERR /t/2.torrent: not bencode",
+        "#3 DUP /t/3.torrent: same info hash as #1, downloaded once",
+    ]
+    assert out.getvalue().splitlines() == results_table(RESULTS)
+
+    records = io.StringIO()
+    view = BatchJsonDisplay(DEFAULT_CONFIG, file=records)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(view.run, lambda: batch_status(active=2))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    view.finish(RESULTS)
+    lines = [json.loads(line) for line in records.getvalue().splitlines()]
+    assert [(r["event"], r["id"]) for r in lines] == [("progress", 5), ("progress", 6), ("result", 1),
+                                                      ("result", 2), ("result", 3)]
+    assert lines[3]["exit_status"] == 25 and lines[3]["info_hash"] is None and lines[4]["duplicate_of"] == 1
+    assert lines[2]["info_hash"] == "01" * 20 and lines[2]["ok"] and not lines[3]["ok"]
+
+    quiet_err = io.StringIO()
+    quiet = BatchQuietDisplay(file=quiet_err)
+    for r in RESULTS:
+        quiet.item_done(r)
+    quiet.finish(RESULTS)
+    assert quiet_err.getvalue() == "jstorrent: #2 /t/2.torrent: not bencode\n"
+    assert isinstance(make_batch_display(DEFAULT_CONFIG, stdout=io.StringIO(), stderr=io.StringIO()),
+                      BatchPlainDisplay)
+
+
+def test_batch_result_fields_are_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent.parent / "docs" / "json.md").read_text()
+    section = doc[doc.index("## Several torrents"):]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+    fields = set(result_record(RESULTS[0]))
+    assert documented == fields
+    block = section[section.index("```json\n") + len("```json\n"):]
+    block = block[: block.index("```")]
+    decoder, examples, at = json.JSONDecoder(), [], 0
+    while block[at:].strip():
+        at += len(block[at:]) - len(block[at:].lstrip())
+        value, at = decoder.raw_decode(block, at)
+        examples.append(value)
+    assert len(examples) == 2 and all(set(e) == fields for e in examples)
