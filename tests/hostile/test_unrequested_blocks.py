@@ -8,10 +8,12 @@ garbage block cannot fail a piece and cast suspicion on the honest peer that was
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import trio
 
+from jstorrent_cli.config import DEFAULT_CONFIG
 from jstorrent_cli.core import messages as m
 from jstorrent_cli.core import wire
 from tests.core.test_scheduler import BS, deliver, join, make, requests
@@ -90,3 +92,21 @@ async def test_blocks_pushed_for_requests_held_by_the_honest_seeder_are_waste_no
     assert result.hash_failures == 0, result
     assert result.wasted_bytes > 0
     assert HONEST_HOST not in display.banned
+
+
+def test_released_requests_are_remembered_only_up_to_the_bound() -> None:
+    """Config.released_requests_kept bounds the memory per peer: past it, the oldest released request
+    is forgotten and its late copy counts as never asked for."""
+    config = dataclasses.replace(DEFAULT_CONFIG, released_requests_kept=1, endgame_max_dups=1)
+    s = make(num_pieces=1, blocks=2, config=config)
+    held = requests(join(s, 0, have_all=True), 0)
+    assert len(held) == 2
+    s.handle(m.Choked(0), 0.1)  # both released: only the newer one is remembered
+    again = requests(join(s, 1, have_all=True, now=0.1), 1)
+    assert sorted(again) == sorted(held)
+    oldest, newest = held  # released in the order they were sent
+    out = deliver(s, 0, [oldest], 0.2)
+    assert not [c for c in out if isinstance(c, m.WriteBlocks)] and s.snapshot().wasted_bytes == BS
+    out = deliver(s, 0, [newest], 0.3)
+    assert [c for c in out if isinstance(c, m.WriteBlocks)]
+    s.check_invariants()
