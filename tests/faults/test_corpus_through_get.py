@@ -115,7 +115,7 @@ def _check_download(name: str, torrent: Torrent, payload: bytes, box: Path) -> l
     """Every created file where docs say with its bytes, no pad or symlink entry, nothing else in `box`."""
     out = box / "out"
     problems = []
-    expected = {out, out / f".{torrent.name}.jstorrent"}
+    expected = {out, out / f".{torrent.name}.jstorrent", out / f".{torrent.name}.lock"}
     offset = 0
     for f in torrent.files:
         target = out.joinpath(*f.path)
