@@ -106,15 +106,5 @@ def verified_pieces(folder: Path, torrent: Torrent) -> frozenset[int]:
     return state.verified_pieces()
 
 
-def outside_entries(root: Path, inside: Path) -> list[Path]:
-    """Everything under `root` that is not `inside` or under it (what a download must never create)."""
-    found = []
-    for path in root.rglob("*"):
-        if path == inside or inside in path.parents or path in inside.parents:
-            continue
-        found.append(path)
-    return found
-
-
 __all__ = ["OUR_HOST", "SEEDER_HOST", "ExitStatus", "Finished", "get_args", "get_command", "get_many",
-           "outside_entries", "run_get", "start_seeder", "verified_pieces"]
+           "run_get", "start_seeder", "verified_pieces"]

@@ -11,6 +11,7 @@ from it, and `get` reported success with the file gone.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -25,8 +26,7 @@ PIECE = 64 * KiB
 RATE = 2 * MiB  # the seeder's limit: the 8 MiB download takes about 4 s, time to delete a file mid-way
 
 
-async def _wait_for(predicate: object, interval: float = 0.02) -> None:
-    assert callable(predicate)
+async def _wait_for(predicate: Callable[[], object], interval: float = 0.02) -> None:
     while not predicate():
         await trio.sleep(interval)  # polling a file on disk the child writes, not waiting out a race
 

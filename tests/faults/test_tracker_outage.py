@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -37,8 +38,7 @@ CONFIG = dataclasses.replace(DEFAULT_CONFIG, tracker_retry_initial=RETRY, tracke
 RATE = 1 * MiB  # the seeder's limit: a 4 MiB download takes about 4 s, time to kill the tracker in it
 
 
-async def _until(predicate: object, interval: float = 0.02) -> None:
-    assert callable(predicate)
+async def _until(predicate: Callable[[], object], interval: float = 0.02) -> None:
     while not predicate():
         await trio.sleep(interval)  # polling the sessions' status, not waiting out a race
 
