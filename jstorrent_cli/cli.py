@@ -334,6 +334,10 @@ def get(
     if max_download_limit is not None:
         config = dataclasses.replace(
             config, max_download_rate=parse_size(max_download_limit, what="--max-download-limit"))
+    if batch_items == []:  # a list with nothing in it: aria2c says so and exits 0
+        if not quiet:
+            click.echo(f"jstorrent: {'stdin' if input_file == '-' else input_file}: no downloads", err=True)
+        return int(ExitStatus.OK)
     if batch_items is not None:
         return _get_batch(dataclasses.replace(config, max_concurrent_downloads=max_concurrent), batch_items,
                           out_dir=out_dir, peers=addresses, port=port, listen=listen, quiet=quiet, as_json=as_json,

@@ -3,13 +3,15 @@
 Reads the log (core/recorder.py), feeds every recorded fact at its recorded time to a Scheduler built
 from the log's header (core/replay.py) and checks that it issues the recorded commands. Prints the
 timeline (one line per second of the log, the events between) on stdout, as text or, with `--json`, as
-JSON lines. Exit status: 0 when the replay issued every recorded command; 1 with one line naming the
-first difference; 28 when the file is not a readable log (garbage, truncated, another format).
+JSON lines. Exit status: 0 when the replay issued every recorded command (a log cut short by a killed run:
+up to the cut, and one line on stderr says where it ends); 1 with one line naming the first difference; 28
+when the file is not a readable log (garbage, a damaged line, another format).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 
 from jstorrent_cli.core.diagnose import report_lines, report_record
@@ -138,10 +140,15 @@ def run_replay(path: str, *, as_json: bool, echo: Callable[[str], None]) -> int:
     show(final=True)
     quiet.flush()
     summary = replay.summary()
+    cut = entries.cut_at_line if entries.cut_at_line is not None else replay.cut_at_line
+    summary["cut_at_line"] = cut
     if as_json:
         echo(json.dumps(summary))
     if replay.divergence is not None:
         raise ReplayDivergence(f"{path}: the replay diverged at {replay.divergence.describe()}")
+    if cut is not None:  # a run killed mid-write: what was written replays, the rest is not there
+        sys.stderr.write(f"jstorrent: {path}: the log ends at line {cut}, cut short (the run was killed while "
+                         "writing it?): replayed up to there\n")
     if not as_json:
         echo(f"{replay.facts} facts replayed; the scheduler issued the same {replay.commands} commands.")
     return 0

@@ -99,10 +99,10 @@ async def test_results_table_from_stdin_with_a_duplicate(tmp_path: Path) -> None
     out = done.stdout.decode().splitlines()
     start = out.index("Download Results:")
     assert out[start + 1] == "gid   |stat|avg speed  |path/URI"
-    assert out[start + 2] == "======+====+===========+====="
+    assert out[start + 2] == "======+====+===========+" + "=" * 55
     rows = [line.split("|") for line in out[start + 3 : start + 8]]
-    assert [(r[0].strip(), r[1]) for r in rows] == [("1", " ERR"), ("2", "  OK"), ("3", " ERR"), ("4", " DUP"),
-                                                     ("5", "  OK")]
+    assert [(r[0].strip(), r[1]) for r in rows] == [("1", "ERR "), ("2", "OK  "), ("3", "ERR "), ("4", "DUP "),
+                                                     ("5", "OK  ")]
     assert rows[0][3] == str(tmp_path / "out" / made["lonely"][0])  # it started: its output path
     assert rows[1][3] == str(tmp_path / "out" / made["good0"][0])
     assert rows[2][3] == str(tmp_path / "missing.torrent")  # never started: its source
@@ -134,6 +134,19 @@ def test_a_bad_list_is_one_line_naming_the_line_and_exit_28(tmp_path: Path) -> N
     assert result.returncode == 28 and "--select-file" in result.stderr
     result = _run("get", "a.torrent", "b.torrent", "--log-json", "log.jsonl", cwd=tmp_path)
     assert result.returncode == 28 and "--log-json" in result.stderr and not (tmp_path / "log.jsonl").exists()
+
+
+def test_a_list_with_no_downloads_says_so_and_exits_0_as_aria2c(tmp_path: Path) -> None:
+    """aria2c -i on an empty list prints "No files to download." and exits 0; we printed an empty results table."""
+    (tmp_path / "empty.txt").write_text("# nothing today\r\n\r\n")
+    result = _run("get", "-i", "empty.txt", "-d", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr.strip().splitlines() == ["jstorrent: empty.txt: no downloads"]
+    assert not (tmp_path / "out").exists()
+    quiet = _run("get", "-i", "empty.txt", "-q", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == quiet.stderr == ""
+    as_json = _run("get", "-i", "empty.txt", "--json", cwd=tmp_path)
+    assert as_json.returncode == 0 and as_json.stdout == "" and "no downloads" in as_json.stderr
 
 
 async def test_ctrl_c_stops_every_item_reports_them_interrupted_and_exits_130(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from jstorrent_cli.config import DEFAULT_CONFIG, Config
@@ -174,6 +174,10 @@ class StallReport:
     trackers: tuple[TrackerEntry, ...]
     cause: Reason | None  # None when nothing is missing
     most_likely_cause: str
+    # Known peer addresses (--peer, trackers) whose last connection attempt failed: refused, timed out, or
+    # closed before the handshake ("ip:port"; at most Config.stall_report_max_peers, then a count).
+    unreachable_peers: tuple[str, ...] = ()
+    more_unreachable_peers: int = 0
 
     def count(self, reason: Reason) -> int:
         entry = self.entry(reason)
@@ -202,10 +206,12 @@ def diagnose(
     stalled_for: float | None = None,
     config: Config = DEFAULT_CONFIG,
     names: Mapping[PeerId, str] | None = None,
+    unreachable: Sequence[str] = (),
 ) -> StallReport:
     """Classify every missing wanted piece. `rate_limited`: the download limiter is holding reads back now.
     `detail`: `Scheduler.piece_detail()` (without it the report is estimated from the snapshot's totals).
-    `names`: how to call each peer ("ip:port" and its client when known); unnamed ones are "ip (#id)"."""
+    `names`: how to call each peer ("ip:port" and its client when known); unnamed ones are "ip (#id)".
+    `unreachable`: the known addresses ("ip:port") whose last connection attempt failed."""
     names = names if names is not None else {}
     peers = {ps.peer: ps for ps in snapshot.peers}
     budget_full = snapshot.budget_used + config.block_size > snapshot.budget
@@ -225,7 +231,8 @@ def diagnose(
         missing_bytes=missing_bytes, peers_connected=len(peers), reasons=tuple(entries),
         idle_peers=tuple(idle[:cap]), more_idle_peers=max(0, len(idle) - cap),
         bytes_in_flight=snapshot.bytes_in_flight, bytes_waiting_for_disk=snapshot.bytes_waiting_for_disk,
-        budget=snapshot.budget, trackers=tracker_entries, cause=cause, most_likely_cause="")
+        budget=snapshot.budget, trackers=tracker_entries, cause=cause, most_likely_cause="",
+        unreachable_peers=tuple(unreachable[:cap]), more_unreachable_peers=max(0, len(unreachable) - cap))
     return dataclasses.replace(report, most_likely_cause=_sentence(report))
 
 
@@ -574,6 +581,8 @@ def _who(entry: ReasonEntry) -> str:
 
 def _tracker_clause(report: StallReport) -> str:
     if not report.trackers:
+        if report.unreachable_peers:  # peers were given: asking for them would be wrong
+            return "there is no tracker to ask for others"
         return "there is no tracker to ask (give peers with --peer, or use a torrent with trackers)"
     failing = [t for t in report.trackers if t.last_error is not None]
     waits = [t.next_announce_in for t in report.trackers if t.next_announce_in is not None]
@@ -600,6 +609,16 @@ def _sentence(report: StallReport) -> str:
     them = "it" if one else "them"
     holders = len(entry.peers) + entry.more_peers
     if cause is Reason.NO_PEERS:
+        if report.unreachable_peers:
+            count = len(report.unreachable_peers) + report.more_unreachable_peers
+            names = ", ".join(report.unreachable_peers) + (
+                f" and {report.more_unreachable_peers} more" if report.more_unreachable_peers else "")
+            who = f"the known peer {names}" if count == 1 else f"none of the {count} known peers ({names})"
+            check = ("it runs, is reachable and serves" if count == 1
+                     else "they run, are reachable and serve")
+            return (f"No peer is connected: {who} could not be reached (connection refused or timed out, or closed "
+                    f"before the handshake), and {_tracker_clause(report)}. Check that {check} this torrent; "
+                    "jstorrent keeps trying.")
         return (f"No peer is connected and {_tracker_clause(report)}. Check the network and the trackers; "
                 "jstorrent keeps announcing and connects as soon as peers are known.")
     if cause is Reason.WAITING_FOR_BUDGET:
@@ -680,6 +699,9 @@ def report_lines(report: StallReport) -> list[str]:
         lines.extend(f"  {p.name}: {p.reason}" for p in report.idle_peers)
         if report.more_idle_peers:
             lines.append(f"  (+{report.more_idle_peers} more)")
+    if report.unreachable_peers:
+        more = f" (+{report.more_unreachable_peers} more)" if report.more_unreachable_peers else ""
+        lines.append(f"Unreachable peers: {', '.join(report.unreachable_peers)}{more}")
     used = report.bytes_in_flight + report.bytes_waiting_for_disk
     lines.append(f"Buffer: {_size(used)} of {_size(report.budget)} used ({_size(report.bytes_in_flight)} "
                  f"requested, {_size(report.bytes_waiting_for_disk)} waiting for disk).")
@@ -747,6 +769,8 @@ def report_record(report: StallReport) -> dict[str, object]:
         ],
         "idle_peers": [{"peer": p.name, "reason": p.reason} for p in report.idle_peers],
         "more_idle_peers": report.more_idle_peers,
+        "unreachable_peers": list(report.unreachable_peers),
+        "more_unreachable_peers": report.more_unreachable_peers,
         "bytes_in_flight": report.bytes_in_flight,
         "bytes_waiting_for_disk": report.bytes_waiting_for_disk,
         "buffer_budget": report.budget,

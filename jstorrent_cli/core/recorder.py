@@ -183,6 +183,7 @@ class Entry:
     fact: m.Fact
     commands: tuple[dict[str, object], ...]
     command_lines: tuple[int, ...]
+    final: bool = False  # the log's last fact: a run killed mid-write may have left its commands unwritten
 
 
 def _bool_map(text: object, n: int, what: str) -> tuple[bool, ...] | None:
@@ -289,56 +290,79 @@ def _fact(record: dict[str, Any], block_size: int) -> m.Fact:
     return fact
 
 
-def read_log(lines: Iterable[str]) -> tuple[LogHeader, Iterator[Entry]]:
+class LogEntries:
+    """A log's entries, parsed as they are iterated (LogError names a bad line). A run killed mid-write leaves
+    its last line half written, with no line end: that line ends the log instead of being an error, and
+    `cut_at_line` (known once iterated) is its number. Any other unreadable line is a LogError."""
+
+    def __init__(self, lines: Iterator[str], block_size: int) -> None:
+        self.cut_at_line: int | None = None
+        self._entries = self._parse(lines, block_size)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return self._entries
+
+    def _parse(self, lines: Iterator[str], block_size: int) -> Iterator[Entry]:
+        pending: dict[str, Any] | None = None
+        pending_line = 0
+        commands: list[dict[str, object]] = []
+        command_lines: list[int] = []
+        for number, text in enumerate(lines, start=2):
+            if not text.strip():
+                continue
+            try:
+                parsed = _record(text, block_size, pending is not None)
+            except (KeyError, TypeError, ValueError) as err:
+                if not text.endswith("\n"):  # the last line, cut short: the log ends before it
+                    self.cut_at_line = number
+                    break
+                raise LogError(f"line {number}: not a scheduler log record ({err})") from None
+            if isinstance(parsed, dict):  # a command of the pending fact
+                commands.append(parsed)
+                command_lines.append(number)
+                continue
+            if pending is not None:
+                yield Entry(pending_line, pending["t"], pending["fact"], tuple(commands), tuple(command_lines))
+            pending, pending_line, commands, command_lines = {"t": parsed[0], "fact": parsed[1]}, number, [], []
+        if pending is not None:
+            yield Entry(pending_line, pending["t"], pending["fact"], tuple(commands), tuple(command_lines),
+                        final=True)
+
+
+def read_log(lines: Iterable[str]) -> tuple[LogHeader, LogEntries]:
     """The header (parsed at once) and the entries (parsed as they are iterated; LogError names the line)."""
     it = iter(lines)
     first = next(it, None)
     if first is None or not first.strip():
         raise LogError("line 1: empty: this is not a jstorrent --log-json file")
     header = parse_header(first)
-    return header, _entries(it, header.config.block_size)
+    return header, LogEntries(it, header.config.block_size)
 
 
-def _entries(lines: Iterator[str], block_size: int) -> Iterator[Entry]:
-    pending: dict[str, Any] | None = None
-    pending_line = 0
-    commands: list[dict[str, object]] = []
-    command_lines: list[int] = []
-    number = 1
-    for number, text in enumerate(lines, start=2):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-            now = record.get("t")
-            if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
-                raise ValueError("no time")
-            if "fact" in record:
-                fact = _fact(record, block_size)
-            elif "cmd" in record:
-                if pending is None:
-                    raise ValueError("a command before any fact")
-                del record["t"]
-                commands.append(record)
-                command_lines.append(number)
-                continue
-            else:
-                raise ValueError("neither a fact nor a command")
-        except (KeyError, TypeError, ValueError) as err:
-            raise LogError(f"line {number}: not a scheduler log record ({err})") from None
-        if pending is not None:
-            yield Entry(pending_line, pending["t"], pending["fact"], tuple(commands), tuple(command_lines))
-        pending, pending_line, commands, command_lines = {"t": float(now), "fact": fact}, number, [], []
-    if pending is not None:
-        yield Entry(pending_line, pending["t"], pending["fact"], tuple(commands), tuple(command_lines))
+def _record(text: str, block_size: int, after_fact: bool) -> tuple[float, m.Fact] | dict[str, object]:
+    """One line after the header: (time, fact), or a command's record (without its time). ValueError when it
+    is neither (KeyError and TypeError from a fact's fields too)."""
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    now = record.get("t")
+    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
+        raise ValueError("no time")
+    if "fact" in record:
+        return float(now), _fact(record, block_size)
+    if "cmd" in record:
+        if not after_fact:
+            raise ValueError("a command before any fact")
+        del record["t"]
+        return record
+    raise ValueError("neither a fact nor a command")
 
 
 __all__ = [
     "LOG_NAME",
     "LOG_VERSION",
     "Entry",
+    "LogEntries",
     "LogError",
     "LogHeader",
     "RecordingScheduler",

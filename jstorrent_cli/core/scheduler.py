@@ -471,6 +471,20 @@ class Scheduler:
         picker = self.picker
         return picker.free_blocks == 0 and picker.needed_count > 0
 
+    # Cheap readers for a caller after every fact (the replay's timeline): O(1) / O(peers), where snapshot()
+    # counts the started pieces.
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def bytes_waiting_for_disk(self) -> int:
+        return self._waiting
+
+    def outstanding_counts(self) -> dict[PeerId, int]:
+        """Requests out per peer, for the peers that have any."""
+        return {p.id: len(p.outstanding) for p in self._peers.values() if p.outstanding}
+
     def piece_state(self, piece: int) -> PieceState:
         return self.picker.state(piece)
 

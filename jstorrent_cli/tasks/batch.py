@@ -15,8 +15,10 @@ items share (session.Shared):
 Each item fails alone: a torrent that cannot be read, a magnet link (not downloadable yet: no metadata
 exchange), a stall past --stall-timeout, a disk error in its folder end that item with its error and
 exit status; the others go on. An info hash seen earlier in the list is not downloaded again: the item
-is reported as a duplicate of the first one. Items go into `options.out_dir` (or their own `dir=`), each
-under its torrent's name as `get` does for one torrent.
+is reported as a duplicate of the first one; a different torrent whose output path (folder and name) an
+earlier item has already is not started (OutputExistsError, exit 13): both would write the same files.
+Items go into `options.out_dir` (or their own `dir=`), each under its torrent's name as `get` does for one
+torrent.
 
 Ctrl-C / SIGTERM (with `handle_signals`): every running item stops as a single `get` does (status
 interrupted), items not started yet are reported interrupted too, and the batch exits 130; a second
@@ -52,7 +54,7 @@ from jstorrent_cli.core.budget import BudgetPool
 from jstorrent_cli.core.diagnose import StallReport
 from jstorrent_cli.core.magnet import parse_magnet
 from jstorrent_cli.core.metainfo import Torrent
-from jstorrent_cli.errors import ExitStatus, JsTorrentError
+from jstorrent_cli.errors import ExitStatus, JsTorrentError, OutputExistsError
 from jstorrent_cli.tasks import listener as listener_mod
 from jstorrent_cli.tasks import session
 from jstorrent_cli.tasks.connections import Address, PeerSlots
@@ -158,6 +160,8 @@ class _Batch:
         self.load = load
         self.shared = shared
         self.by_hash: dict[bytes, int] = {}  # info hash -> id of the first item that has it
+        self.by_path: dict[str, int] = {}  # output path (real, case-normalised) -> id of the item that writes it
+        self.outputs: dict[int, str] = {}  # id -> output path of every item that started (a duplicate's data is there)
         self.interrupt = trio.Event()
         self.started_at = 0.0
 
@@ -211,10 +215,18 @@ class _Batch:
             log.info("item %d duplicates item %d (%s)", entry.id, first, torrent.info_hash.hex())
             return ItemResult(
                 id=entry.id, source=item.source, status=STATUS_DUPLICATE, exit_status=int(ExitStatus.OK),
-                error=None, name=torrent.name, info_hash=torrent.info_hash, path=path, average_rate=0.0, bytes=0,
-                total_bytes=torrent.total_length, verified_bytes=0, duplicate_of=first,
+                error=None, name=torrent.name, info_hash=torrent.info_hash, path=self.outputs[first],
+                average_rate=0.0, bytes=0, total_bytes=torrent.total_length, verified_bytes=0, duplicate_of=first,
             )
+        key = os.path.normcase(os.path.realpath(path))
+        owner = self.by_path.get(key)
+        if owner is not None:  # another torrent with the same name into the same folder: same files, same resume state
+            return _failed(entry, OutputExistsError(
+                f"{path} is the output of #{owner} already (another torrent with the same name): not downloaded, "
+                "so that neither overwrites the other; give this item its own dir="), torrent)
         self.by_hash[torrent.info_hash] = entry.id
+        self.by_path[key] = entry.id
+        self.outputs[entry.id] = path
         options = self.options
         result = await session.run(
             self.config, torrent, out_dir, peers=options.peers, display=_ItemDisplay(entry, self.display),

@@ -404,8 +404,13 @@ class _Session:
             scheduler.snapshot(), now=now, trackers=self.status().trackers,
             rate_limited=bucket is not None and bucket.tokens < self.config.block_size,
             detail=scheduler.piece_detail(), stalled_for=stalled_for, config=self.config,
-            names=self._peer_names(),
+            names=self._peer_names(), unreachable=self._unreachable(),
         )
+
+    def _unreachable(self) -> list[str]:
+        """"ip:port" of the known addresses whose last connection attempt failed (for the stall report)."""
+        addresses = self.manager.addresses.items() if self.manager is not None else ()
+        return [f"{ip}:{port}" for (ip, port), state in sorted(addresses) if state.failures]
 
     def _peer_names(self) -> dict[PeerId, str]:
         """"ip:port" (and the client's name when its handshake said) of every connection, for reports."""
@@ -442,9 +447,11 @@ class _Session:
             elif not self.detector.stalled:
                 self.note = None
             if self.detector.timed_out(now, config.stall_timeout):
+                stalled = self.detector.stalled_for(now)
+                final = self._diagnose(now, stalled)  # the cause now, not the note's (its "stalled Ns" is old)
                 raise StallTimeoutError(
-                    f"no data for {self.detector.stalled_for(now):.0f} s (--stall-timeout {config.stall_timeout:g})"
-                    + (f": {self.note}" if self.note else "")
+                    f"no data for {stalled:.0f} s (--stall-timeout {config.stall_timeout:g})"
+                    + (f": {final.most_likely_cause}" if final is not None else "")
                 )
 
     def state_dump(self) -> list[str]:

@@ -58,11 +58,12 @@ PHASE_ACTIVE = "active"
 PHASE_DONE = "done"
 PHASE_FAILED = "failed"
 
-# aria2c's results table: column widths and status words (formats, not limits).
+# aria2c's results table: column widths, the rule's length and status words, left-aligned as aria2c prints
+# them (formats, not limits).
 _GID_WIDTH = 6
 _STAT_WIDTH = 4
 _SPEED_WIDTH = 11
-_PATH_RULE = 5
+_PATH_RULE = 55
 _STAT_WORDS = {STATUS_OK: "OK", STATUS_ERROR: "ERR", STATUS_INTERRUPTED: "INPR", STATUS_DUPLICATE: "DUP"}
 _LEGEND = {
     "OK": "download completed.",
@@ -133,15 +134,16 @@ def busiest(status: BatchStatus, rows: int) -> tuple[list[ItemView], int]:
 
 
 def item_line(item: ItemView) -> str:
-    """'#2 name  45.1%  3.6MiB/8.0MiB  ↓5.0MiB/s  CN:3  ETA 1m04s  downloading'."""
+    """'#2 name  45.1%  3.6MiB/8.0MiB  ↓5.0MiB/s  CN:3  ETA 1m04s  downloading', then the session's note if any."""
     s = item.status
     if s is None:
         return f"#{item.id} {item.source}  {item.phase}"
     frac = fraction(s.verified_bytes, s.total_bytes)
     state = getattr(s.state, "value", s.state)
+    note = getattr(s, "note", None)  # the session's: a stall's cause, the start-up check's progress
     return (f"#{item.id} {s.name}  {frac * PERCENT:.1f}%  {format_size(s.verified_bytes)}/{format_size(s.total_bytes)}"
             f"  ↓{format_rate(sane(s.download_rate))}  CN:{s.peers_connected}"
-            f"  ETA {format_duration(eta_seconds(s))}  {state}")
+            f"  ETA {format_duration(eta_seconds(s))}  {state}" + (f"  {note}" if note else ""))
 
 
 def done_line(result: ItemResult) -> str:
@@ -165,7 +167,7 @@ def results_table(results: Sequence[ItemResult]) -> list[str]:
              f"{'=' * _GID_WIDTH}+{'=' * _STAT_WIDTH}+{'=' * _SPEED_WIDTH}+{'=' * _PATH_RULE}"]
     for r in sorted(results, key=lambda r: r.id):
         word = _STAT_WORDS[r.status]
-        lines.append(f"{r.id:<{_GID_WIDTH}}|{word:>{_STAT_WIDTH}}|{format_rate(sane(r.average_rate)):>{_SPEED_WIDTH}}"
+        lines.append(f"{r.id:<{_GID_WIDTH}}|{word:<{_STAT_WIDTH}}|{format_rate(sane(r.average_rate)):>{_SPEED_WIDTH}}"
                      f"|{r.path}")
     present = [w for w in _LEGEND if any(_STAT_WORDS[r.status] == w for r in results)]
     if present:

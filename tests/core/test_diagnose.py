@@ -377,7 +377,7 @@ def test_lines_and_record_name_reasons_pieces_and_peers() -> None:
     assert set(record) == {"event", "schema", "stalled_for", "precise", "missing_pieces", "missing_bytes",
                            "peers_connected", "cause", "most_likely_cause", "reasons", "idle_peers",
                            "more_idle_peers", "bytes_in_flight", "bytes_waiting_for_disk", "buffer_budget",
-                           "trackers"}
+                           "trackers", "unreachable_peers", "more_unreachable_peers"}
 
 
 def test_ranges_are_capped_and_counted() -> None:

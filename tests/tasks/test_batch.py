@@ -66,9 +66,18 @@ def items(*sources: str, dirs: dict[int, str] | None = None) -> list[BatchItem]:
 
 async def start_seeder(nursery: trio.Nursery, tmp_path: Path, sources: Sequence[str], host: str,
                        config: Config = DEFAULT_CONFIG) -> int:
-    """A jstorrent batch seeding every source from tmp_path/seed on one port (the router at work)."""
+    """A jstorrent batch seeding every source from tmp_path/seed on one port (the router at work), once every
+    item has checked its data and registered its info hash (a connection before that would be closed)."""
     options = BatchOptions(out_dir=str(tmp_path / "seed"), listen_host=host, port=0, seed_time=math.inf)
-    port: int = await nursery.start(run_batch, config, items(*sources), options, Recorder(), read_torrent_file)
+    recorder = Recorder()
+    port: int = await nursery.start(run_batch, config, items(*sources), options, recorder, read_torrent_file)
+
+    def seeding() -> bool:
+        last = recorder.samples[-1] if recorder.samples else None
+        return last is not None and all(i.status is not None and i.status.state.value == "seeding" for i in last.items)
+
+    while not seeding():
+        await trio.sleep(0.01)
     return port
 
 
@@ -219,3 +228,55 @@ async def test_libtorrent_connecting_to_our_one_port_feeds_both_items(tmp_path: 
     assert [r.status for r in recorder.finished] == [STATUS_OK, STATUS_OK], (recorder.finished, lt_peer.alerts())
     for name, files in made:
         assert_payload(tmp_path / "out", name, files)
+
+
+async def test_two_torrents_with_one_name_in_one_folder_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    """Two different torrents both named `same` into one folder would write the same files and the same resume
+    state: the later item fails (file exists, exit 13) naming the earlier one, whose download stays intact."""
+    payloads = []
+    for n in range(2):
+        files = random_files(300 + n, [200 * KiB + 7])
+        data, _ = build_torrent("same", files, 32 * KiB)
+        (tmp_path / f"same{n}.torrent").write_bytes(data)
+        write_payload(tmp_path / f"seed{n}", "same", files)
+        payloads.append(files)
+    sources = [str(tmp_path / "same0.torrent"), str(tmp_path / "same1.torrent")]
+    config = dataclasses.replace(DEFAULT_CONFIG, max_concurrent_downloads=2)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            ports = []
+            for n, host in enumerate(("127.0.0.2", "127.0.0.4")):
+                seed_options = BatchOptions(out_dir=str(tmp_path / f"seed{n}"), listen_host=host, port=0,
+                                            seed_time=math.inf)
+                ports.append(await nursery.start(run_batch, DEFAULT_CONFIG, items(sources[n]), seed_options,
+                                                 Recorder(), read_torrent_file))
+            options = BatchOptions(out_dir=str(tmp_path / "out"), listen_host="127.0.0.3", port=0,
+                                   peers=[("127.0.0.2", ports[0]), ("127.0.0.4", ports[1])])
+            result = await run_batch(config, items(*sources), options, Recorder(), read_torrent_file)
+            nursery.cancel_scope.cancel()
+    first, second = result.results
+    assert first.status == STATUS_OK, first
+    assert second.status == STATUS_ERROR and second.exit_status == 13, second
+    assert "#1" in (second.error or "") and "dir=" in (second.error or "")
+    assert second.bytes == 0 and result.exit_status == 13
+    assert_payload(tmp_path / "out", "same", payloads[0])
+
+
+async def test_a_duplicate_with_its_own_dir_reports_where_the_data_is(tmp_path: Path) -> None:
+    """The same torrent twice, the second with `dir=`: it is downloaded once, into the first item's folder, so the
+    duplicate's path (the results table, the JSON record) is that one, not a folder where nothing was written."""
+    (name, files), = make_torrents(tmp_path, 1, 100 * KiB)
+    source = str(tmp_path / "t0.torrent")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_seeder(nursery, tmp_path, [source], "127.0.0.2")
+            options = BatchOptions(out_dir=str(tmp_path / "out"), peers=[("127.0.0.2", port)],
+                                   listen_host="127.0.0.3", port=0)
+            result = await run_batch(DEFAULT_CONFIG, items(source, source, dirs={1: str(tmp_path / "other")}),
+                                     options, Recorder(), read_torrent_file)
+            nursery.cancel_scope.cancel()
+    first, dup = result.results
+    assert first.status == STATUS_OK and dup.status == STATUS_DUPLICATE
+    assert dup.path == first.path == str((tmp_path / "out" / name).resolve())
+    assert not (tmp_path / "other").exists()
+    assert_payload(tmp_path / "out", name, files)

@@ -22,13 +22,13 @@ import trio
 
 from jstorrent_cli.config import Config, KiB
 from jstorrent_cli.core import wire
-from jstorrent_cli.core.diagnose import Reason, StallReport
+from jstorrent_cli.core.diagnose import Reason, StallReport, report_lines, report_record
 from jstorrent_cli.core.messages import BlockData
 from jstorrent_cli.core.recorder import read_log
 from jstorrent_cli.core.replay import Replay
 from jstorrent_cli.tasks import session
 from jstorrent_cli.tasks.storage import Storage
-from tests.conftest import FileSpec, assert_payload, build_torrent, random_files
+from tests.conftest import FileSpec, assert_payload, build_torrent, free_port, random_files
 from tests.hostile.peers import PeerConn, ScriptedPeer
 from tests.tasks.test_session_stall import FAST, Recorder
 
@@ -224,6 +224,48 @@ async def test_pieces_no_connected_peer_has(tmp_path: Path) -> None:
     assert report.missing_pieces == 2 and pieces_of(report, Reason.NOBODY_HAS_IT) == {2, 3}  # 0-1 arrived
     assert [(p.name, p.reason) for p in report.idle_peers] == [(f"127.0.0.26:{port}", "has nothing we want")]
     assert "The only connected peer does not have the 2 missing pieces" in report.most_likely_cause
+
+
+async def test_a_given_peer_that_cannot_be_reached_is_named_not_asked_for(tmp_path: Path) -> None:
+    """`--peer` to an address where nothing listens, no tracker: the report names that peer as unreachable
+    instead of telling the user to give peers with --peer (which they did)."""
+    dead = free_port("127.0.0.28")  # nothing listens there: connection refused
+    files = random_files(85, [64 * KiB])
+    _, torrent = build_torrent("unreachable", files, 16 * KiB)
+    display = Recorder()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(
+                session.run, FAST, torrent, tmp_path, peers=[("127.0.0.28", dead)], listen_host=OUR_HOST, port=0,
+                display=display))
+            await display.stalled.wait()
+            nursery.cancel_scope.cancel()
+    report = display.reports[0]
+    assert report.cause is Reason.NO_PEERS and report.peers_connected == 0
+    assert report.unreachable_peers == (f"127.0.0.28:{dead}",) and report.more_unreachable_peers == 0
+    assert f"127.0.0.28:{dead}" in report.most_likely_cause and "could not be reached" in report.most_likely_cause
+    assert "give peers with --peer" not in report.most_likely_cause
+    assert f"Unreachable peers: 127.0.0.28:{dead}" in report_lines(report)
+    assert report_record(report)["unreachable_peers"] == [f"127.0.0.28:{dead}"]
+
+
+async def test_the_stall_timeout_line_gives_the_cause_without_a_stale_duration(tmp_path: Path) -> None:
+    """--stall-timeout's one line said "no data for 2 s (--stall-timeout 2): stalled 1s: ..." (the note of the
+    first report, 1 s old): it gives the cause alone, as diagnosed when the timeout fires."""
+    peer, _ = make_peer("127.0.0.29", 87, 128 * KiB, 32 * KiB, pieces=[0, 1])
+    config = dataclasses.replace(FAST, stall_timeout=2.0)
+    display = Recorder()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(peer.serve)
+            result = await session.run(config, peer.torrent, tmp_path, peers=[(peer.host, port)],
+                                       listen_host=OUR_HOST, port=0, display=display)
+            nursery.cancel_scope.cancel()
+    assert result.status == "error" and result.exit_status == 2
+    error = result.error or ""
+    assert error.startswith("no data for 2 s (--stall-timeout 2): "), error
+    assert "stalled" not in error, error
+    assert error.endswith(display.reports[0].most_likely_cause), error  # the same situation: the same cause
 
 
 # --- a recorded stall, replayed ------------------------------------------------------------------------------

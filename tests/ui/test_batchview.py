@@ -61,6 +61,24 @@ def test_totals_then_the_busiest_items_then_the_rest_counted() -> None:
     assert lines[1].startswith("buffer 16.0MiB/64.0MiB") and lines[2].startswith("#11 item11") and lines[-1] == "(+2)"
 
 
+def test_an_item_line_carries_its_note_a_stall_or_the_check() -> None:
+    """The live view showed a stalled item as "↓0B/s ETA - downloading" and nothing else (the plain view's line
+    has the note): its line ends with the session's note, the stall's cause or the start-up check's progress."""
+    stalled = "stalled 31s: No peer is connected and there is no tracker to ask"
+    checking = "checking existing data: 1.0GiB of 4.0GiB"
+    items = (ItemView(1, "1.torrent", PHASE_ACTIVE, make_status(name="one", download_rate=0.0, note=stalled)),
+             ItemView(2, "2.torrent", PHASE_ACTIVE, make_status(name="two", download_rate=0.0, note=checking)),
+             ItemView(3, "3.torrent", PHASE_ACTIVE, make_status(name="three", download_rate=float(MiB))))
+    status = BatchStatus(items=items, buffer_used=0, buffer_total=64 * MiB, peers_connected=0, max_peers=50,
+                         elapsed=31.0)
+    display = BatchRichDisplay(DEFAULT_CONFIG, console=Console(file=io.StringIO(), width=300), out=io.StringIO())
+    lines = display.render(status).plain.splitlines()
+    by_name = {line.split()[1]: line for line in lines[2:]}
+    assert by_name["one"].endswith(f"downloading  {stalled}")
+    assert by_name["two"].endswith(f"downloading  {checking}")
+    assert by_name["three"].endswith("downloading")
+
+
 def _result(n: int, status: str, **kw: object) -> ItemResult:
     fields: dict[str, object] = dict(
         id=n, source=f"/t/{n}.torrent", status=status, exit_status=0, error=None, name=f"name{n}",
@@ -79,14 +97,15 @@ RESULTS = [
 
 
 def test_results_table_is_aria2s() -> None:
+    # As `aria2c -i list` prints it (aria2 1.37), so scripts that grep `|OK  |` or `|ERR |` keep working.
     assert results_table(RESULTS) == [
         "",
         "Download Results:",
         "gid   |stat|avg speed  |path/URI",
-        "======+====+===========+=====",
-        "1     |  OK|   2.5MiB/s|/out/name1",
-        "2     | ERR|       0B/s|/t/2.torrent",
-        "3     | DUP|       0B/s|/out/name1",
+        "======+====+===========+" + "=" * 55,  # aria2c's rule and its left-aligned status words
+        "1     |OK  |   2.5MiB/s|/out/name1",
+        "2     |ERR |       0B/s|/t/2.torrent",
+        "3     |DUP |       0B/s|/out/name1",
         "",
         "Status Legend:",
         "(OK):download completed.(ERR):error occurred.(DUP):duplicate of an earlier item (downloaded once).",
