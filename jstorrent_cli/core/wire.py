@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from jstorrent_cli.config import DEFAULT_CONFIG, Config
@@ -353,6 +353,21 @@ def encode_extended_handshake(msg: ExtendedHandshake) -> bytes:
     if msg.metadata_size is not None:
         body[b"metadata_size"] = msg.metadata_size
     return bencode.encode(body)
+
+
+def encode_block_refs(msg_id: int, refs: Sequence[tuple[int, int, int]]) -> bytearray:
+    """Many REQUEST, CANCEL or REJECT REQUEST messages `(index, begin, length)` as one buffer, packed
+    in place (no message object and no bytes object per block)."""
+    if msg_id not in (MSG_REQUEST, MSG_CANCEL, MSG_REJECT_REQUEST):
+        raise ValueError(f"message id {msg_id} does not name a block")
+    size = _TRIPLE_MSG.size
+    out = bytearray(size * len(refs))
+    pack_into = _TRIPLE_MSG.pack_into
+    position = 0
+    for index, begin, length in refs:
+        pack_into(out, position, 13, msg_id, index, begin, length)
+        position += size
+    return out
 
 
 def _encode_extended(ext_id: int, payload: bytes) -> bytes:
@@ -1141,6 +1156,17 @@ class PeerProtocol:
             raise LocalProtocolError("use send_handshake()")
         self._our_first_window = False
         return encode(msg)
+
+    def send_block_refs(self, msg_id: int, refs: Sequence[tuple[int, int, int]]) -> bytearray:
+        """Many REQUESTs, CANCELs or (fast extension) REJECT REQUESTs in one buffer (`encode_block_refs`)."""
+        if not self.handshake_sent:
+            raise LocalProtocolError("send our handshake first")
+        if msg_id == MSG_REJECT_REQUEST and not self._negotiated_fast():
+            raise LocalProtocolError("fast-extension message without the fast extension on both sides")
+        out = encode_block_refs(msg_id, refs)
+        if out:
+            self._our_first_window = False
+        return out
 
     def send_piece_header(self, index: int, begin: int, length: int) -> bytes:
         """The header of a PIECE message; write the block after it without concatenating."""

@@ -378,7 +378,7 @@ class _Connection:
                 await self.upload_wake.wait()
             if self.rejects:
                 rejects, self.rejects = self.rejects, []
-                await self.send(b"".join(proto.send(wire.RejectRequest(*ref)) for ref in rejects))
+                await self.send(bytes(proto.send_block_refs(wire.MSG_REJECT_REQUEST, rejects)))
             if not self.queued:
                 continue
             batch: list[BlockRef] = []
@@ -449,12 +449,12 @@ class _Connection:
 
     # -- writer --
 
-    def encode(self, item: Outgoing) -> bytes:
+    def encode(self, item: Outgoing) -> bytes | bytearray:
         proto = self.proto
         if isinstance(item, SendRequests):
-            return b"".join(proto.send(wire.Request(*ref)) for ref in item.requests)
+            return proto.send_block_refs(wire.MSG_REQUEST, item.requests)
         if isinstance(item, SendCancels):
-            return b"".join(proto.send(wire.Cancel(*ref)) for ref in item.cancels)
+            return proto.send_block_refs(wire.MSG_CANCEL, item.cancels)
         if isinstance(item, SendHave):
             return proto.send(wire.Have(item.piece))
         if isinstance(item, SendInterested):

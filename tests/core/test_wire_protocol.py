@@ -368,6 +368,20 @@ def test_nothing_is_sent_before_our_handshake() -> None:
         proto.send_handshake()
 
 
+def test_block_refs_follow_the_sending_rules() -> None:
+    with pytest.raises(wire.LocalProtocolError):
+        make().send_block_refs(wire.MSG_REQUEST, [(0, 0, 16384)])
+    plain = connected(peer_fast=False)
+    with pytest.raises(wire.LocalProtocolError):
+        plain.send_block_refs(wire.MSG_REJECT_REQUEST, [(0, 0, 16384)])
+    assert plain.send_block_refs(wire.MSG_CANCEL, []) == b""
+    plain.send(wire.Bitfield(bits_of(1)))  # an empty batch sent nothing: the bitfield may still go first
+    proto = connected()
+    assert proto.send_block_refs(wire.MSG_REQUEST, [(1, 0, 16384)]) == wire.encode(wire.Request(1, 0, 16384))
+    with pytest.raises(wire.LocalProtocolError):  # requests went out: a bitfield now is our bug
+        proto.send(wire.Bitfield(bits_of(1)))
+
+
 def test_we_send_a_bitfield_only_first() -> None:
     proto = connected()
     proto.send(wire.ExtendedHandshake(m={"ut_metadata": 3}))
