@@ -21,15 +21,17 @@ The API is plain tuples and callables so the session can glue it to the schedule
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import itertools
 import os
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar, cast
 
 import trio
 
@@ -63,6 +65,32 @@ _DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno
 _NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
 # What a symlink met on the way is reported as, whatever errno the refused open gave.
 _SYMLINK = OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+
+
+if TYPE_CHECKING:
+    import outcome  # trio's own dependency: the type of what a worker thread delivers
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(fn: Callable[[], _T], limiter: trio.CapacityLimiter) -> _T:
+    """`fn()` in one of trio's cached worker threads; its result or its exception.
+
+    `trio.to_thread.run_sync` without what this module never uses, because the write and hash
+    hops run thousands of times per GiB: it names the worker thread on every job (two
+    pthread_setname_np calls and a string), copies the context and sets up `trio.from_thread`.
+    As with to_thread's default, a cancellation waits for `fn` to return.
+    """
+    async with limiter:
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+
+        def deliver(result: outcome.Outcome[_T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended under a daemon thread
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        trio.lowlevel.start_thread_soon(fn, deliver)
+        return cast(_T, await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED))
 
 
 def _iov_max() -> int:
@@ -487,7 +515,7 @@ class Storage:
         """
         written = [(piece, begin, _nbytes(data)) for piece, begin, data in blocks]
         if written:
-            await trio.to_thread.run_sync(self._write_sync, blocks, limiter=self._write_limiter)
+            await _in_thread(functools.partial(self._write_sync, blocks), self._write_limiter)
         return written
 
     # --- reading and hashing -------------------------------------------------------------------
@@ -544,13 +572,13 @@ class Storage:
 
     async def hash_piece(self, piece: int, expected_sha1: bytes) -> bool:
         """Read the piece back from disk and compare its SHA-1 (pad bytes hashed as zeros)."""
-        ok, _ = await trio.to_thread.run_sync(self._hash_sync, piece, expected_sha1, False, limiter=self._hash_limiter)
+        ok, _ = await _in_thread(functools.partial(self._hash_sync, piece, expected_sha1, False), self._hash_limiter)
         return ok
 
     async def hash_piece_blocks(self, piece: int, expected_sha1: bytes) -> tuple[bool, tuple[bytes, ...]]:
         """Like `hash_piece`, also returning the SHA-1 of each block (empty if the piece is not all
         on disk), which the scheduler keeps to find the liar behind a failed piece."""
-        return await trio.to_thread.run_sync(self._hash_sync, piece, expected_sha1, True, limiter=self._hash_limiter)
+        return await _in_thread(functools.partial(self._hash_sync, piece, expected_sha1, True), self._hash_limiter)
 
     def _hash_wanted_sync(self, piece: int, expected: bytes, want: bool) -> tuple[bool, tuple[bytes, ...]]:
         ok, digests = self._hash_sync(piece, expected, want)
@@ -565,8 +593,8 @@ class Storage:
         """Hash the piece; the SHA-1 of each block comes too only when `want_block_digests` is
         set or the piece fails its hash (then the piece is read a second time). The digests are
         empty if not computed or the piece is not all on disk."""
-        return await trio.to_thread.run_sync(
-            self._hash_wanted_sync, piece, expected_sha1, want_block_digests, limiter=self._hash_limiter
+        return await _in_thread(
+            functools.partial(self._hash_wanted_sync, piece, expected_sha1, want_block_digests), self._hash_limiter
         )
 
     def _read_sync(self, piece: int, begin: int, length: int) -> bytes:
@@ -577,7 +605,7 @@ class Storage:
 
     async def read_block(self, piece: int, begin: int, length: int) -> bytes:
         """The bytes of a block as on disk (for uploading), pad bytes as zeros."""
-        return await trio.to_thread.run_sync(self._read_sync, piece, begin, length, limiter=self._hash_limiter)
+        return await _in_thread(functools.partial(self._read_sync, piece, begin, length), self._hash_limiter)
 
     # --- whole files ---------------------------------------------------------------------------
 

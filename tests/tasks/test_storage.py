@@ -30,7 +30,7 @@ from jstorrent_cli.errors import (
     StorageError,
     UsageError,
 )
-from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written, storage_files
+from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written, _in_thread, storage_files
 
 DEADLINE = 10
 T = TypeVar("T")
@@ -457,11 +457,12 @@ async def test_sync_waits_for_a_flush_of_an_evicted_file_still_running(root: Pat
     log: list[str] = []
     evicting = trio.Event()
     let_flush_finish = threading.Event()
+    token = trio.lowlevel.current_trio_token()  # storage's worker threads are not to_thread's: name the run
 
     def fsync(fd: int) -> None:
         inode = os.fstat(fd).st_ino
         if not evicting.is_set():  # the first flush: file 0's, by the evicting writer; hold it
-            trio.from_thread.run_sync(evicting.set)
+            trio.from_thread.run_sync(evicting.set, trio_token=token)
             assert let_flush_finish.wait(DEADLINE)
         os.fsync(fd)
         log.append(f"flushed {inode}")
@@ -726,3 +727,68 @@ def test_config_defaults_are_sane() -> None:
     assert config.file_allocation == "sparse"  # never slow to start
     assert config.max_open_files >= 1 and config.disk_threads >= 1
     assert config.hash_read_size % BLOCK_SIZE == 0
+
+
+# --- the worker-thread hop ---------------------------------------------------------------------------
+
+
+async def test_a_thread_hop_returns_the_result_raises_the_error_and_respects_the_limiter() -> None:
+    limiter = trio.CapacityLimiter(1)
+    main = threading.get_ident()
+    with trio.fail_after(DEADLINE):
+        assert await _in_thread(lambda: threading.get_ident() != main, limiter)
+        with pytest.raises(ZeroDivisionError):
+            await _in_thread(lambda: 1 // 0, limiter)
+        running = 0
+        most = 0
+        lock = threading.Lock()
+        release = threading.Event()
+
+        def job() -> None:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            release.wait(DEADLINE)
+            with lock:
+                running -= 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(_in_thread, job, limiter)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert most == 1 and limiter.borrowed_tokens == 0
+
+
+async def test_a_cancelled_thread_hop_waits_for_the_thread_to_finish() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    finished: list[bool] = []
+    seen_at_cancel: list[list[bool]] = []
+
+    def job() -> None:
+        started.set()
+        release.wait(DEADLINE)
+        finished.append(True)
+
+    scope = trio.CancelScope()
+
+    async def hop() -> None:
+        with scope:
+            try:
+                await _in_thread(job, trio.CapacityLimiter(1))
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled:
+                seen_at_cancel.append(list(finished))
+                raise
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hop)
+            await trio.to_thread.run_sync(started.wait, DEADLINE)
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not finished and not seen_at_cancel  # the hop still waits for the thread
+            release.set()
+    assert seen_at_cancel == [[True]] and scope.cancelled_caught
