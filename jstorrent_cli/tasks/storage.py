@@ -648,44 +648,42 @@ class Storage:
     ) -> None:
         """Write every batch of blocks received, answering `send_written(written)` per hop.
 
-        After each awaited receive it takes everything already queued (up to
-        `config.write_batch_max_bytes`) into one hop, so a writer that falls behind coalesces
-        more. Up to `config.disk_threads` hops run at once. Returns when the channel is closed
-        and drained; the first StorageError stops the loop and is raised.
+        `config.disk_threads` long-lived tasks (no task spawned per hop) each take a batch, then
+        everything already queued (up to `config.write_batch_max_bytes`) into one hop, so a writer
+        that falls behind coalesces more. Returns when the channel is closed and drained; the first
+        StorageError stops the loop and is raised.
         """
         max_bytes = self._config.write_batch_max_bytes
-        slots = trio.Semaphore(self._config.disk_threads)
         failures: list[StorageError] = []
+        taking = trio.Lock()  # one task at a time takes a batch: it gets all that is queued
 
-        async def write(batch: list[Block], cancel_scope: trio.CancelScope) -> None:
-            try:
-                written = await self.write_blocks(batch)
-            except StorageError as err:
-                failures.append(err)
-                cancel_scope.cancel()
-                return
-            finally:
-                slots.release()
-            await send_written(written)
+        async def worker(cancel_scope: trio.CancelScope) -> None:
+            while True:
+                async with taking:
+                    try:
+                        first = await receive_blocks.receive()
+                    except trio.EndOfChannel:
+                        return
+                    batch = list(first)
+                    size = sum(_nbytes(data) for _, _, data in batch)
+                    while size < max_bytes:
+                        try:
+                            more = receive_blocks.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        batch.extend(more)
+                        size += sum(_nbytes(data) for _, _, data in more)
+                try:
+                    written = await self.write_blocks(batch)
+                except StorageError as err:
+                    failures.append(err)
+                    cancel_scope.cancel()
+                    return
+                await send_written(written)
 
         async with trio.open_nursery() as nursery:
-            while True:
-                await slots.acquire()
-                try:
-                    first = await receive_blocks.receive()
-                except trio.EndOfChannel:
-                    slots.release()
-                    break
-                batch = list(first)
-                size = sum(_nbytes(data) for _, _, data in batch)
-                while size < max_bytes:
-                    try:
-                        more = receive_blocks.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    batch.extend(more)
-                    size += sum(_nbytes(data) for _, _, data in more)
-                nursery.start_soon(write, batch, nursery.cancel_scope)
+            for _ in range(max(1, self._config.disk_threads)):
+                nursery.start_soon(worker, nursery.cancel_scope)
         if failures:
             raise failures[0]
 
@@ -697,31 +695,23 @@ class Storage:
         """Hash every `(piece, expected_sha1, want_block_digests)` received (see `hash_piece_checked`);
         answer `send_hashed(piece, ok, block_digests)`.
 
-        Up to `config.hash_threads` pieces at once. Returns when the channel is closed and
-        drained; the first StorageError stops the loop and is raised.
+        `config.hash_threads` long-lived tasks, one piece each at a time. Returns when the channel is
+        closed and drained; the first StorageError stops the loop and is raised.
         """
-        slots = trio.Semaphore(self._config.hash_threads)
         failures: list[StorageError] = []
 
-        async def check(piece: int, expected: bytes, want: bool, cancel_scope: trio.CancelScope) -> None:
-            try:
-                ok, digests = await self.hash_piece_checked(piece, expected, want)
-            except StorageError as err:
-                failures.append(err)
-                cancel_scope.cancel()
-                return
-            finally:
-                slots.release()
-            await send_hashed(piece, ok, digests)
+        async def worker(cancel_scope: trio.CancelScope) -> None:
+            async for piece, expected, want in receive_pieces:
+                try:
+                    ok, digests = await self.hash_piece_checked(piece, expected, want)
+                except StorageError as err:
+                    failures.append(err)
+                    cancel_scope.cancel()
+                    return
+                await send_hashed(piece, ok, digests)
 
         async with trio.open_nursery() as nursery:
-            while True:
-                await slots.acquire()
-                try:
-                    piece, expected, want = await receive_pieces.receive()
-                except trio.EndOfChannel:
-                    slots.release()
-                    break
-                nursery.start_soon(check, piece, expected, want, nursery.cancel_scope)
+            for _ in range(max(1, self._config.hash_threads)):
+                nursery.start_soon(worker, nursery.cancel_scope)
         if failures:
             raise failures[0]

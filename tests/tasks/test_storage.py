@@ -299,6 +299,46 @@ async def test_writer_loop_batches_are_bounded_and_all_answered(root: Path) -> N
     read_back(root, torrent)
 
 
+async def test_writer_loop_runs_disk_threads_hops_at_once_and_no_more(root: Path) -> None:
+    # Three hops must be in their threads together (the barrier lets none through before that);
+    # a fourth batch waits for one of them.
+    torrent = make_torrent([(8 * BLOCK_SIZE, False)], BLOCK_SIZE)
+    blocks = torrent.blocks()
+    config = dataclasses.replace(DEFAULT_CONFIG, disk_threads=3, write_batch_max_bytes=BLOCK_SIZE)
+    barrier = threading.Barrier(3, timeout=DEADLINE)
+    lock = threading.Lock()
+    running = most = 0
+
+    def pwritev(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            if offset < 3 * BLOCK_SIZE:  # the first three hops (one block each) meet here
+                barrier.wait()
+            return os.pwritev(fd, buffers, offset)
+        finally:
+            with lock:
+                running -= 1
+
+    facts: list[list[Written]] = []
+
+    async def send_written(written: list[Written]) -> None:
+        facts.append(written)
+
+    send, receive = trio.open_memory_channel[Sequence[Block]](0)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config, pwritev=pwritev) as storage:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.writer_loop, receive, send_written)
+            async with send:
+                for block in blocks:
+                    await send.send([block])
+    assert most == 3
+    assert sorted(w for fact in facts for w in fact) == sorted((p, b, len(d)) for p, b, d in blocks)
+    read_back(root, torrent)
+
+
 async def test_hasher_loop_answers_every_piece_with_block_digests_only_when_wanted_or_failed(root: Path) -> None:
     torrent = make_torrent([(7 * BLOCK_SIZE + 3, False)], 2 * BLOCK_SIZE)
     g = torrent.geometry
