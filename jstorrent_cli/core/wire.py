@@ -93,6 +93,7 @@ _IPV6_LENGTH: Final = 16
 _U32 = struct.Struct(">I")
 _HEADER = struct.Struct(">IB")  # length prefix and message id
 _PIECE_HEAD = struct.Struct(">IBII")
+_PIECE_HEAD_SIZE: Final = _PIECE_HEAD.size  # length prefix, id, index, begin: 13 bytes
 _INDEX_MSG = struct.Struct(">IBI")
 _TRIPLE_MSG = struct.Struct(">IBIII")
 _PORT_MSG = struct.Struct(">IBH")
@@ -653,6 +654,8 @@ class Decoder:
                 return out
         zero_copy = mv.readonly
         pending = self._pending
+        piece_head = _PIECE_HEAD.unpack_from
+        max_piece = self._max_piece_length
         while pos < end:
             if self._block is not None:
                 pos = self._fill_block(mv, pos, end, out)
@@ -663,6 +666,18 @@ class Decoder:
                 pos += taken
                 continue
             if not pending:
+                # Fast path: whole PIECE messages back to back (the bulk of a download). Anything
+                # else, or anything to complain about, goes the general way below.
+                while end - pos >= _PIECE_HEAD_SIZE:
+                    length, msg_id, index, begin = piece_head(mv, pos)
+                    block_end = pos + _LENGTH_PREFIX + length
+                    if msg_id != MSG_PIECE or not _PIECE_HEADER < length <= max_piece or block_end > end:
+                        break
+                    view = mv[pos + _PIECE_HEAD_SIZE : block_end]
+                    out.append(Piece(index, begin, view if zero_copy else bytes(view)))
+                    pos = block_end
+                if pos >= end:
+                    break
                 new_pos = self._parse_direct(mv, pos, end, zero_copy, out)
                 if new_pos != pos:
                     pos = new_pos
@@ -932,7 +947,15 @@ class PeerProtocol:
             messages = self._decoder.feed(data)
             dispatch = self._dispatch
             out = messages
+            last_piece = self.num_pieces - 1
             for i, msg in enumerate(messages):
+                if type(msg) is Piece and msg.index < last_piece and msg.begin + len(msg.block) <= self.piece_length:
+                    # A block of a full-size piece inside it (the bulk of a download): _on_piece's checks,
+                    # inlined (the decoder already bounded the block's length to 1..block_size).
+                    self._first_window = False
+                    if out is not messages:
+                        out.append(msg)
+                    continue
                 replacement = dispatch[type(msg)](self, msg)
                 if replacement is not None:  # a late bitfield / have-all, handed out as HAVEs
                     if out is messages:
