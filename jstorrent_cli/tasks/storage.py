@@ -513,7 +513,8 @@ class Storage:
         Returns `(piece, begin, length)` for every block given, in the order given, once all of
         them are on disk (in the OS's cache: `sync` makes them durable).
         """
-        written = [(piece, begin, _nbytes(data)) for piece, begin, data in blocks]
+        # Blocks from the decoder are bytes: len() without a call; anything else through _nbytes.
+        written = [(piece, begin, len(data) if type(data) is bytes else _nbytes(data)) for piece, begin, data in blocks]
         if written:
             await _in_thread(functools.partial(self._write_sync, blocks), self._write_limiter)
         return written
@@ -649,11 +650,13 @@ class Storage:
         """Write every batch of blocks received, answering `send_written(written)` per hop.
 
         `config.disk_threads` long-lived tasks (no task spawned per hop) each take a batch, then
-        everything already queued (up to `config.write_batch_max_bytes`) into one hop, so a writer
+        everything already queued (up to `config.write_batch_max_bytes`, each block counted as a
+        full one) into one hop, so a writer
         that falls behind coalesces more. Returns when the channel is closed and drained; the first
         StorageError stops the loop and is raised.
         """
         max_bytes = self._config.write_batch_max_bytes
+        block_size = self._geometry.block_size
         failures: list[StorageError] = []
         taking = trio.Lock()  # one task at a time takes a batch: it gets all that is queued
 
@@ -665,14 +668,15 @@ class Storage:
                     except trio.EndOfChannel:
                         return
                     batch = list(first)
-                    size = sum(_nbytes(data) for _, _, data in batch)
+                    # Counted as whole blocks (no block is longer): no per-block work in the trio thread.
+                    size = len(batch) * block_size
                     while size < max_bytes:
                         try:
                             more = receive_blocks.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                         batch.extend(more)
-                        size += sum(_nbytes(data) for _, _, data in more)
+                        size += len(more) * block_size
                 try:
                     written = await self.write_blocks(batch)
                 except StorageError as err:
