@@ -200,6 +200,9 @@ class Config:
     write_batch_max_bytes: int = 8 * MiB
     # Read-back for hashing goes in slices of this size, so a 256 MiB piece never sits in memory.
     hash_read_size: int = 1 * MiB
+    # A hasher hop takes the queued pieces up to this many bytes: with 16 KiB pieces a hop per piece
+    # cost the trio thread ~100 us each (thread wake-up and result back); 4 MiB is ~2 ms of SHA-1.
+    hash_batch_bytes: int = 4 * MiB
 
     # --- resume, verify, selection (core/resume.py, tasks/resume_store.py, tasks/verify.py) -----
     # The resume state is rewritten at most this often (s): bounds fsync load, loses <= 1 s of work.

@@ -699,23 +699,45 @@ class Storage:
         """Hash every `(piece, expected_sha1, want_block_digests)` received (see `hash_piece_checked`);
         answer `send_hashed(piece, ok, block_digests)`.
 
-        `config.hash_threads` long-lived tasks, one piece each at a time. Returns when the channel is
-        closed and drained; the first StorageError stops the loop and is raised.
+        `config.hash_threads` long-lived tasks; each takes a piece, then the pieces already queued
+        (up to `config.hash_batch_bytes`) into one thread hop: small pieces do not pay a hop each.
+        Returns when the channel is closed and drained; the first StorageError stops the loop and is
+        raised.
         """
+        max_bytes = self._config.hash_batch_bytes
+        piece_size = self._geometry.piece_size
         failures: list[StorageError] = []
+        taking = trio.Lock()  # one task at a time takes a batch: it gets all that is queued
 
         async def worker(cancel_scope: trio.CancelScope) -> None:
-            async for piece, expected, want in receive_pieces:
+            while True:
+                async with taking:
+                    try:
+                        jobs = [await receive_pieces.receive()]
+                    except trio.EndOfChannel:
+                        return
+                    size = piece_size(jobs[0][0])
+                    while size < max_bytes:
+                        try:
+                            job = receive_pieces.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        jobs.append(job)
+                        size += piece_size(job[0])
                 try:
-                    ok, digests = await self.hash_piece_checked(piece, expected, want)
+                    results = await _in_thread(functools.partial(self._hash_many_sync, jobs), self._hash_limiter)
                 except StorageError as err:
                     failures.append(err)
                     cancel_scope.cancel()
                     return
-                await send_hashed(piece, ok, digests)
+                for (piece, _, _), (ok, digests) in zip(jobs, results, strict=True):
+                    await send_hashed(piece, ok, digests)
 
         async with trio.open_nursery() as nursery:
             for _ in range(max(1, self._config.hash_threads)):
                 nursery.start_soon(worker, nursery.cancel_scope)
         if failures:
             raise failures[0]
+
+    def _hash_many_sync(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
+        return [self._hash_wanted_sync(piece, expected, want) for piece, expected, want in jobs]

@@ -339,6 +339,48 @@ async def test_writer_loop_runs_disk_threads_hops_at_once_and_no_more(root: Path
     read_back(root, torrent)
 
 
+@pytest.mark.parametrize("batch_pieces", [1, 3, 100])
+async def test_hasher_loop_hashes_queued_pieces_in_one_hop_up_to_the_batch_bytes(root: Path, batch_pieces: int) -> None:
+    torrent = make_torrent([(7 * BLOCK_SIZE, False)], BLOCK_SIZE)
+    n = torrent.geometry.piece_count
+    config = dataclasses.replace(DEFAULT_CONFIG, hash_threads=1, hash_batch_bytes=batch_pieces * BLOCK_SIZE)
+    token = trio.lowlevel.current_trio_token()
+    first_in = trio.Event()
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if offset == 0 and not first_in.is_set():  # piece 0's hop waits until the rest is queued
+            trio.from_thread.run_sync(first_in.set, trio_token=token)
+            assert release.wait(DEADLINE)
+        return os.pread(fd, length, offset)
+
+    class Recording(Storage):
+        def _hash_many_sync(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
+            batches.append([piece for piece, _, _ in jobs])
+            return super()._hash_many_sync(jobs)
+
+    answers: dict[int, bool] = {}
+
+    async def send_hashed(piece: int, ok: bool, digests: tuple[bytes, ...]) -> None:
+        answers[piece] = ok
+
+    send, receive = trio.open_memory_channel[tuple[int, bytes, bool]](n)
+    with trio.fail_after(DEADLINE), Recording(root, torrent.files, torrent.geometry, config, pread=pread) as storage:
+        await storage.write_blocks(torrent.blocks())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.hasher_loop, receive, send_hashed)
+            send.send_nowait((0, torrent.piece_hash(0), False))
+            await first_in.wait()
+            for piece in range(1, n):
+                send.send_nowait((piece, torrent.piece_hash(piece) if piece != 4 else bytes(20), False))
+            release.set()
+            send.close()
+    rest = list(range(1, n))
+    assert batches == [[0]] + [rest[i : i + batch_pieces] for i in range(0, len(rest), batch_pieces)]
+    assert answers == {piece: piece != 4 for piece in range(n)}
+
+
 async def test_hasher_loop_answers_every_piece_with_block_digests_only_when_wanted_or_failed(root: Path) -> None:
     torrent = make_torrent([(7 * BLOCK_SIZE + 3, False)], 2 * BLOCK_SIZE)
     g = torrent.geometry
