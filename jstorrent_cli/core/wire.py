@@ -667,15 +667,23 @@ class Decoder:
                 continue
             if not pending:
                 # Fast path: whole PIECE messages back to back (the bulk of a download). Anything
-                # else, or anything to complain about, goes the general way below.
+                # else, or anything to complain about, goes the general way below. From a writable
+                # buffer the run is copied once, as one bytes object, and its blocks are views of
+                # that copy: one allocation per run, not per block, and nothing but the run (its
+                # 13-byte headers aside) is kept alive by the blocks.
+                run_start = pos
+                spans: list[tuple[int, int, int, int]] = []
                 while end - pos >= _PIECE_HEAD_SIZE:
                     length, msg_id, index, begin = piece_head(mv, pos)
                     block_end = pos + _LENGTH_PREFIX + length
                     if msg_id != MSG_PIECE or not _PIECE_HEADER < length <= max_piece or block_end > end:
                         break
-                    view = mv[pos + _PIECE_HEAD_SIZE : block_end]
-                    out.append(Piece(index, begin, view if zero_copy else bytes(view)))
+                    spans.append((index, begin, pos + _PIECE_HEAD_SIZE, block_end))
                     pos = block_end
+                if spans:
+                    base, shift = (mv, 0) if zero_copy else (memoryview(bytes(mv[run_start:pos])), run_start)
+                    for index, begin, start, stop in spans:
+                        out.append(Piece(index, begin, base[start - shift : stop - shift]))
                 if pos >= end:
                     break
                 new_pos = self._parse_direct(mv, pos, end, zero_copy, out)
