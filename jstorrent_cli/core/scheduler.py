@@ -646,6 +646,8 @@ class Scheduler:
         last_piece = picker.num_pieces - 1
         last_blocks = picker.last_piece_blocks
         per_piece = picker.blocks_per_piece
+        samples: list[float] = []  # request-to-block times, applied once for the batch (_progress)
+        window_marks: list[int] = []  # the peer's window bytes at its first two samples
         for entry in fact.blocks:
             piece, begin, data = entry
             length = len(data)
@@ -666,7 +668,9 @@ class Scheduler:
             ap = active.get(piece)
             asked = sent is not None
             if sent is not None:
-                self._progress(peer, now - sent)
+                samples.append(now - sent)
+                if len(window_marks) < 2:
+                    window_marks.append(peer.win_bytes)
             elif key in peer.released:  # released (choke, timeout, cut) while the block was on the wire
                 del peer.released[key]
                 asked = True
@@ -690,6 +694,8 @@ class Scheduler:
         if writes:
             self._out.append(WriteBlocks(tuple(writes)))
         if peer.id in self._peers:
+            if samples:
+                self._progress(peer, samples, window_marks)
             self._dirty[peer.id] = None
 
     def _on_written(self, fact: BlocksWritten) -> None:
@@ -850,39 +856,65 @@ class Scheduler:
                 self.picker.set_owner(ap, None)
         peer.own.clear()
 
-    def _progress(self, peer: _Peer, sample: float) -> None:
-        """A requested block arrived after `sample` seconds: adapt deadline and limit."""
+    def _progress(self, peer: _Peer, samples: list[float], window_marks: list[int]) -> None:
+        """Requested blocks of one batch arrived after `samples` seconds: adapt deadline and limit.
+
+        The same as applying the samples one at a time, in closed form for the limit (this runs per
+        batch, not per block). `window_marks[i]` is the peer's window byte count when sample i
+        arrived: the rate is measured where the per-block rule measured it (the first sample that
+        grows the limit), with the bytes counted up to that block.
+        """
         config = self.config
-        peer.last_progress = self._now
+        now = self._now
+        peer.last_progress = now
         peer.timed_out = False
         mean = peer.rtt_mean
-        if mean is None:
-            peer.rtt_mean = sample
-            peer.rtt_dev = sample / 2
-        else:
-            peer.rtt_dev += config.request_dev_gain * (abs(sample - mean) - peer.rtt_dev)
-            peer.rtt_mean = mean + config.request_time_gain * (sample - mean)
-        if peer.snubbed:
-            peer.snubbed = False
-            peer.limit = min(config.peer_limit_min, peer.limit_cap)
-            return
-        now = self._now
-        elapsed = now - peer.win_start
-        if elapsed >= config.peer_rate_window:  # _measure, inlined: this runs for every block
-            peer.rate = peer.win_bytes / elapsed
-            peer.win_start = now
-            peer.win_bytes = 0
+        dev = peer.rtt_dev
+        time_gain = config.request_time_gain
+        dev_gain = config.request_dev_gain
+        for sample in samples:
+            if mean is None:
+                mean = sample
+                dev = sample / 2
+            else:
+                dev += dev_gain * (abs(sample - mean) - dev)
+                mean += time_gain * (sample - mean)
+        peer.rtt_mean = mean
+        peer.rtt_dev = dev
+        grow = len(samples)
+        first = 0
         cap = peer.limit_cap
+        if peer.snubbed:  # the first sample ends the snub and grows nothing
+            peer.snubbed = False
+            peer.limit = min(config.peer_limit_min, cap)
+            grow -= 1
+            first = 1
+        if not grow:
+            return
+        elapsed = now - peer.win_start
+        if elapsed >= config.peer_rate_window:  # _measure, at the first growing sample
+            mark = window_marks[first]
+            peer.rate = mark / elapsed
+            peer.win_start = now
+            peer.win_bytes -= mark  # the blocks after that sample open the new window
         target = max(min(config.peer_limit_min, cap),
                      min(int(peer.rate * config.peer_queue_seconds / self._bs), cap))  # _target
+        limit = peer.limit
         if peer.slow_start:
-            peer.limit = min(peer.limit + 1, cap)
-            if peer.rate > 0 and target <= peer.limit:
-                peer.slow_start = False
-        else:
-            grown = min(peer.limit + 1, target)
-            # A lower target never cancels: the limit waits at the outstanding count while it drains.
-            peer.limit = max(grown, len(peer.outstanding), 1)
+            # +1 per sample (up to the cap) until the limit reaches the target (with a rate known)
+            ends_at = max(1, target - limit) if peer.rate > 0 else grow + 1
+            if ends_at > grow:
+                peer.limit = min(limit + grow, cap)
+                return
+            peer.slow_start = False
+            limit = min(limit + ends_at, cap)
+            grow -= ends_at
+            if not grow:
+                peer.limit = limit
+                return
+        # +1 per sample up to the target; a lower target never cancels: the limit waits at the
+        # outstanding count while it drains.
+        peer.limit = max(min(limit + grow, target), len(peer.outstanding), 1)
 
     def _measure(self, peer: _Peer) -> None:
         elapsed = self._now - peer.win_start
