@@ -8,7 +8,7 @@ shutting-down session never hangs on it).
   bits, theirs checked by `wire.PeerProtocol`; then our extended handshake advertising
   `reqq = Config.advertised_reqq` and our bitfield (HAVE ALL / HAVE NONE when fast allows).
 * Reader: a receive (from a socket: `recv_into` our own reused buffer, which grows while receives
-  fill it; the decoder copies each block out once) -> `PeerProtocol.receive_data` -> facts, awaited
+  fill it; the decoder copies the blocks out once) -> `PeerProtocol.receive_data` -> facts, awaited
   into the scheduler's bounded inbox (the only waiting edge). Every PIECE message of one receive
   goes into one BlocksReceived.
   `PeerJoined` is sent at the first message that is not the extended handshake, carrying the
@@ -235,9 +235,9 @@ class _Connection:
         self.queued: dict[BlockRef, None] = {}  # upload requests, oldest first
         self.rejects: list[BlockRef] = []
         self.upload_wake = _Wake()
-        # A socket is received into a buffer of our own, reused: the decoder copies each block out of
-        # it once, so no receive buffer stays pinned by the blocks waiting for the writer. It starts
-        # small and doubles while receives fill it, up to Config.peer_recv_size.
+        # A socket is received into a buffer of our own, reused: the decoder copies the blocks out of
+        # it once (one bytes per run of blocks), so no receive buffer stays pinned by the blocks waiting
+        # for the writer. It starts small and doubles while receives fill it, up to Config.peer_recv_size.
         self.sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.recv_buffer = bytearray(min(self.config.peer_recv_initial, self.config.peer_recv_size))
 
