@@ -760,7 +760,7 @@ class Storage:
                         jobs.append(job)
                         size += piece_size(job[0])
                 try:
-                    results = await _in_thread(functools.partial(self._hash_many_sync, jobs), self._hash_limiter)
+                    results = await self.hash_pieces(jobs)
                 except StorageError as err:
                     failures.append(err)
                     cancel_scope.cancel()
@@ -773,6 +773,11 @@ class Storage:
                 nursery.start_soon(worker, nursery.cancel_scope)
         if failures:
             raise failures[0]
+
+    async def hash_pieces(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
+        """Hash several `(piece, expected_sha1, want_block_digests)` in one thread hop; one
+        `(ok, block_digests)` per job, in order (see `hash_piece_checked`)."""
+        return await _in_thread(functools.partial(self._hash_many_sync, jobs), self._hash_limiter)
 
     def _hash_many_sync(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
         return [self._hash_wanted_sync(piece, expected, want) for piece, expected, want in jobs]
