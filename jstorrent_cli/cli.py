@@ -538,8 +538,26 @@ def _fail(message: str, status: int) -> NoReturn:
         sys.exit(status)
 
 
+def _configure_logging() -> None:
+    """The views carry what the log says (tracker errors, bans, closed peers); without a handler, Python
+    would print every warning on stderr, across the live view and through --quiet. JSTORRENT_DEBUG=1
+    sends the whole log, debug lines included, to stderr instead."""
+    import logging
+
+    root = logging.getLogger("jstorrent")
+    root.propagate = False
+    if os.environ.get("JSTORRENT_DEBUG"):
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root.setLevel(logging.DEBUG)
+    else:
+        handler = logging.NullHandler()
+    root.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """The console script. Maps every outcome to an exit status."""
+    _configure_logging()
     try:
         result = cli.main(args=argv, prog_name="jstorrent", standalone_mode=False)
         sys.stdout.flush()

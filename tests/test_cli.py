@@ -199,3 +199,19 @@ def test_version_and_help() -> None:
     assert run("--version").stdout.startswith("jstorrent")
     result = run("--help")
     assert result.returncode == 0 and "create" in result.stdout and "info" in result.stdout
+
+
+def test_quiet_get_with_dead_trackers_prints_only_its_error_line(tmp_path: Path) -> None:
+    """Tracker failures are logged as warnings; without a configured handler Python would print each one on
+    stderr, through --quiet and across the live view. Only the final error line may appear."""
+    payload = tmp_path / "one.bin"
+    payload.write_bytes(os.urandom(40_000))
+    torrent = tmp_path / "one.torrent"
+    # Port 1 on loopback: connection refused at once, so every announce fails (HTTP and UDP).
+    made = run("create", str(payload), "-t", "http://127.0.0.1:1/announce", "-t", "udp://127.0.0.1:1/announce",
+               "-o", str(torrent))
+    assert made.returncode == 0, made.stderr
+    result = run("get", str(torrent), "-d", str(tmp_path / "out"), "-q", "--port", "0", "--listen", "127.0.0.1",
+                 "--stall-timeout", "2")
+    assert_one_line_error(result, 2)
+    assert "tracker" not in result.stderr.split(":", 1)[0]  # the line is ours, not a logged warning

@@ -211,6 +211,7 @@ class _Peer:
         "peer_interested",
         "pieces",
         "rate",
+        "released",
         "rtt_dev",
         "rtt_mean",
         "slow_start",
@@ -231,6 +232,9 @@ class _Peer:
         self.peer_interested = False
         self.am_interested = False
         self.outstanding: dict[tuple[int, int], float] = {}  # (piece, block) -> time sent, oldest first
+        # Requests released without their block (choke, timeout, cut), oldest first, at most
+        # config.released_requests_kept: their block may still be on the wire, so a late copy was asked for.
+        self.released: dict[tuple[int, int], None] = {}
         self.allowed_fast: set[int] = set()
         self.own: dict[int, None] = {}  # pieces this peer started (whole-piece affinity)
         self.bars: dict[int, float] = {}  # piece -> time until which we do not ask this peer for it
@@ -643,6 +647,8 @@ class Scheduler:
         last_piece = picker.num_pieces - 1
         last_blocks = picker.last_piece_blocks
         per_piece = picker.blocks_per_piece
+        samples: list[float] = []  # request-to-block times, applied once for the batch (_progress)
+        window_marks: list[int] = []  # the peer's window bytes at its first two samples
         for entry in fact.blocks:
             piece, begin, data = entry
             length = len(data)
@@ -661,11 +667,19 @@ class Scheduler:
             key = (piece, block)
             sent = outstanding.pop(key, None)
             ap = active.get(piece)
+            asked = sent is not None
             if sent is not None:
-                self._progress(peer, now - sent)
-            if ap is None or ap.states[block] != REQUESTED:
-                # A late copy (endgame, or released and served elsewhere) or data never asked for:
-                # the block is already received or not wanted now, so the data is dropped (invariant 5).
+                samples.append(now - sent)
+                if len(window_marks) < 2:
+                    window_marks.append(peer.win_bytes)
+            elif key in peer.released:  # released (choke, timeout, cut) while the block was on the wire
+                del peer.released[key]
+                asked = True
+            if not asked or ap is None or ap.states[block] != REQUESTED:
+                # A late copy (endgame, or released and served elsewhere) or data never asked of this
+                # peer: dropped and counted as waste (invariant 5), even while another peer holds the
+                # block requested (that peer's copy is the one we asked for; unsolicited data is not
+                # written over its turn, nor blamed on it if the piece fails).
                 self._waste(peer, length)
                 continue
             holders = picker.receive(ap, block, peer.id, peer.ip)
@@ -681,6 +695,8 @@ class Scheduler:
         if writes:
             self._out.append(WriteBlocks(tuple(writes)))
         if peer.id in self._peers:
+            if samples:
+                self._progress(peer, samples, window_marks)
             self._dirty[peer.id] = None
 
     def _on_written(self, fact: BlocksWritten) -> None:
@@ -793,6 +809,10 @@ class Scheduler:
     def _release(self, peer: _Peer, key: tuple[int, int]) -> None:
         """Forget one of the peer's outstanding requests (no CANCEL is sent here)."""
         del peer.outstanding[key]
+        released = peer.released
+        released[key] = None
+        if len(released) > self.config.released_requests_kept:
+            del released[next(iter(released))]
         piece, block = key
         ap = self.picker.active[piece]
         if self.picker.free_blocks == 0:
@@ -837,39 +857,65 @@ class Scheduler:
                 self.picker.set_owner(ap, None)
         peer.own.clear()
 
-    def _progress(self, peer: _Peer, sample: float) -> None:
-        """A requested block arrived after `sample` seconds: adapt deadline and limit."""
+    def _progress(self, peer: _Peer, samples: list[float], window_marks: list[int]) -> None:
+        """Requested blocks of one batch arrived after `samples` seconds: adapt deadline and limit.
+
+        The same as applying the samples one at a time, in closed form for the limit (this runs per
+        batch, not per block). `window_marks[i]` is the peer's window byte count when sample i
+        arrived: the rate is measured where the per-block rule measured it (the first sample that
+        grows the limit), with the bytes counted up to that block.
+        """
         config = self.config
-        peer.last_progress = self._now
+        now = self._now
+        peer.last_progress = now
         peer.timed_out = False
         mean = peer.rtt_mean
-        if mean is None:
-            peer.rtt_mean = sample
-            peer.rtt_dev = sample / 2
-        else:
-            peer.rtt_dev += config.request_dev_gain * (abs(sample - mean) - peer.rtt_dev)
-            peer.rtt_mean = mean + config.request_time_gain * (sample - mean)
-        if peer.snubbed:
-            peer.snubbed = False
-            peer.limit = min(config.peer_limit_min, peer.limit_cap)
-            return
-        now = self._now
-        elapsed = now - peer.win_start
-        if elapsed >= config.peer_rate_window:  # _measure, inlined: this runs for every block
-            peer.rate = peer.win_bytes / elapsed
-            peer.win_start = now
-            peer.win_bytes = 0
+        dev = peer.rtt_dev
+        time_gain = config.request_time_gain
+        dev_gain = config.request_dev_gain
+        for sample in samples:
+            if mean is None:
+                mean = sample
+                dev = sample / 2
+            else:
+                dev += dev_gain * (abs(sample - mean) - dev)
+                mean += time_gain * (sample - mean)
+        peer.rtt_mean = mean
+        peer.rtt_dev = dev
+        grow = len(samples)
+        first = 0
         cap = peer.limit_cap
+        if peer.snubbed:  # the first sample ends the snub and grows nothing
+            peer.snubbed = False
+            peer.limit = min(config.peer_limit_min, cap)
+            grow -= 1
+            first = 1
+        if not grow:
+            return
+        elapsed = now - peer.win_start
+        if elapsed >= config.peer_rate_window:  # _measure, at the first growing sample
+            mark = window_marks[first]
+            peer.rate = mark / elapsed
+            peer.win_start = now
+            peer.win_bytes -= mark  # the blocks after that sample open the new window
         target = max(min(config.peer_limit_min, cap),
                      min(int(peer.rate * config.peer_queue_seconds / self._bs), cap))  # _target
+        limit = peer.limit
         if peer.slow_start:
-            peer.limit = min(peer.limit + 1, cap)
-            if peer.rate > 0 and target <= peer.limit:
-                peer.slow_start = False
-        else:
-            grown = min(peer.limit + 1, target)
-            # A lower target never cancels: the limit waits at the outstanding count while it drains.
-            peer.limit = max(grown, len(peer.outstanding), 1)
+            # +1 per sample (up to the cap) until the limit reaches the target (with a rate known)
+            ends_at = max(1, target - limit) if peer.rate > 0 else grow + 1
+            if ends_at > grow:
+                peer.limit = min(limit + grow, cap)
+                return
+            peer.slow_start = False
+            limit = min(limit + ends_at, cap)
+            grow -= ends_at
+            if not grow:
+                peer.limit = limit
+                return
+        # +1 per sample up to the target; a lower target never cancels: the limit waits at the
+        # outstanding count while it drains.
+        peer.limit = max(min(limit + grow, target), len(peer.outstanding), 1)
 
     def _measure(self, peer: _Peer) -> None:
         elapsed = self._now - peer.win_start

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from jstorrent_cli.config import DEFAULT_CONFIG, Config
@@ -93,6 +93,7 @@ _IPV6_LENGTH: Final = 16
 _U32 = struct.Struct(">I")
 _HEADER = struct.Struct(">IB")  # length prefix and message id
 _PIECE_HEAD = struct.Struct(">IBII")
+_PIECE_HEAD_SIZE: Final = _PIECE_HEAD.size  # length prefix, id, index, begin: 13 bytes
 _INDEX_MSG = struct.Struct(">IBI")
 _TRIPLE_MSG = struct.Struct(">IBIII")
 _PORT_MSG = struct.Struct(">IBH")
@@ -353,6 +354,21 @@ def encode_extended_handshake(msg: ExtendedHandshake) -> bytes:
     if msg.metadata_size is not None:
         body[b"metadata_size"] = msg.metadata_size
     return bencode.encode(body)
+
+
+def encode_block_refs(msg_id: int, refs: Sequence[tuple[int, int, int]]) -> bytearray:
+    """Many REQUEST, CANCEL or REJECT REQUEST messages `(index, begin, length)` as one buffer, packed
+    in place (no message object and no bytes object per block)."""
+    if msg_id not in (MSG_REQUEST, MSG_CANCEL, MSG_REJECT_REQUEST):
+        raise ValueError(f"message id {msg_id} does not name a block")
+    size = _TRIPLE_MSG.size
+    out = bytearray(size * len(refs))
+    pack_into = _TRIPLE_MSG.pack_into
+    position = 0
+    for index, begin, length in refs:
+        pack_into(out, position, 13, msg_id, index, begin, length)
+        position += size
+    return out
 
 
 def _encode_extended(ext_id: int, payload: bytes) -> bytes:
@@ -638,6 +654,8 @@ class Decoder:
                 return out
         zero_copy = mv.readonly
         pending = self._pending
+        piece_head = _PIECE_HEAD.unpack_from
+        max_piece = self._max_piece_length
         while pos < end:
             if self._block is not None:
                 pos = self._fill_block(mv, pos, end, out)
@@ -648,6 +666,26 @@ class Decoder:
                 pos += taken
                 continue
             if not pending:
+                # Fast path: whole PIECE messages back to back (the bulk of a download). Anything
+                # else, or anything to complain about, goes the general way below. From a writable
+                # buffer the run is copied once, as one bytes object, and its blocks are views of
+                # that copy: one allocation per run, not per block, and nothing but the run (its
+                # 13-byte headers aside) is kept alive by the blocks.
+                run_start = pos
+                spans: list[tuple[int, int, int, int]] = []
+                while end - pos >= _PIECE_HEAD_SIZE:
+                    length, msg_id, index, begin = piece_head(mv, pos)
+                    block_end = pos + _LENGTH_PREFIX + length
+                    if msg_id != MSG_PIECE or not _PIECE_HEADER < length <= max_piece or block_end > end:
+                        break
+                    spans.append((index, begin, pos + _PIECE_HEAD_SIZE, block_end))
+                    pos = block_end
+                if spans:
+                    base, shift = (mv, 0) if zero_copy else (memoryview(bytes(mv[run_start:pos])), run_start)
+                    for index, begin, start, stop in spans:
+                        out.append(Piece(index, begin, base[start - shift : stop - shift]))
+                if pos >= end:
+                    break
                 new_pos = self._parse_direct(mv, pos, end, zero_copy, out)
                 if new_pos != pos:
                     pos = new_pos
@@ -917,7 +955,15 @@ class PeerProtocol:
             messages = self._decoder.feed(data)
             dispatch = self._dispatch
             out = messages
+            last_piece = self.num_pieces - 1
             for i, msg in enumerate(messages):
+                if type(msg) is Piece and msg.index < last_piece and msg.begin + len(msg.block) <= self.piece_length:
+                    # A block of a full-size piece inside it (the bulk of a download): _on_piece's checks,
+                    # inlined (the decoder already bounded the block's length to 1..block_size).
+                    self._first_window = False
+                    if out is not messages:
+                        out.append(msg)
+                    continue
                 replacement = dispatch[type(msg)](self, msg)
                 if replacement is not None:  # a late bitfield / have-all, handed out as HAVEs
                     if out is messages:
@@ -1141,6 +1187,17 @@ class PeerProtocol:
             raise LocalProtocolError("use send_handshake()")
         self._our_first_window = False
         return encode(msg)
+
+    def send_block_refs(self, msg_id: int, refs: Sequence[tuple[int, int, int]]) -> bytearray:
+        """Many REQUESTs, CANCELs or (fast extension) REJECT REQUESTs in one buffer (`encode_block_refs`)."""
+        if not self.handshake_sent:
+            raise LocalProtocolError("send our handshake first")
+        if msg_id == MSG_REJECT_REQUEST and not self._negotiated_fast():
+            raise LocalProtocolError("fast-extension message without the fast extension on both sides")
+        out = encode_block_refs(msg_id, refs)
+        if out:
+            self._our_first_window = False
+        return out
 
     def send_piece_header(self, index: int, begin: int, length: int) -> bytes:
         """The header of a PIECE message; write the block after it without concatenating."""

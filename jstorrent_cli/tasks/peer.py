@@ -7,8 +7,10 @@ shutting-down session never hangs on it).
 * Handshake (bounded by Config.handshake_timeout): ours with the extension (BEP 10) and fast (BEP 6)
   bits, theirs checked by `wire.PeerProtocol`; then our extended handshake advertising
   `reqq = Config.advertised_reqq` and our bitfield (HAVE ALL / HAVE NONE when fast allows).
-* Reader: `receive_some` -> `PeerProtocol.receive_data` -> facts, awaited into the scheduler's bounded
-  inbox (the only waiting edge). Every PIECE message of one receive goes into one BlocksReceived.
+* Reader: a receive (from a socket: `recv_into` our own reused buffer, which grows while receives
+  fill it; the decoder copies the blocks out once) -> `PeerProtocol.receive_data` -> facts, awaited
+  into the scheduler's bounded inbox (the only waiting edge). Every PIECE message of one receive
+  goes into one BlocksReceived.
   `PeerJoined` is sent at the first message that is not the extended handshake, carrying the
   bitfield when that message is one, and the peer's `reqq` when its extended handshake came first.
   Download bytes are counted here, where they leave the socket. No byte for
@@ -233,6 +235,11 @@ class _Connection:
         self.queued: dict[BlockRef, None] = {}  # upload requests, oldest first
         self.rejects: list[BlockRef] = []
         self.upload_wake = _Wake()
+        # A socket is received into a buffer of our own, reused: the decoder copies the blocks out of
+        # it once (one bytes per run of blocks), so no receive buffer stays pinned by the blocks waiting
+        # for the writer. It starts small and doubles while receives fill it, up to Config.peer_recv_size.
+        self.sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.recv_buffer = bytearray(min(self.config.peer_recv_initial, self.config.peer_recv_size))
 
     # -- sending --
 
@@ -240,11 +247,23 @@ class _Connection:
         async with self.send_lock:
             await self.stream.send_all(data)
 
-    async def receive(self) -> bytes | bytearray:
-        data = await self.stream.receive_some(self.config.peer_recv_size)
-        if not data:
+    async def receive(self) -> bytes | bytearray | memoryview:
+        """The next bytes from the peer. From a socket, a view of our receive buffer, valid until
+        the next call (the decoder copies what it keeps); from any other stream, its own bytes."""
+        if self.sock is None:
+            data = await self.stream.receive_some(self.config.peer_recv_size)
+            if not data:
+                raise trio.BrokenResourceError("the peer closed the connection")
+            return data
+        buffer = self.recv_buffer
+        size = await self.sock.recv_into(buffer)
+        if not size:
             raise trio.BrokenResourceError("the peer closed the connection")
-        return data
+        if size == len(buffer) and size < self.config.peer_recv_size:
+            # Full: more was waiting. The next receive goes into a larger buffer (this one stays
+            # valid for the caller).
+            self.recv_buffer = bytearray(min(2 * size, self.config.peer_recv_size))
+        return memoryview(buffer)[:size]
 
     # -- handshake --
 
@@ -279,7 +298,7 @@ class _Connection:
         proto = self.proto
         silence = self.config.silence_timeout
         while True:
-            data: bytes | bytearray = b""
+            data: bytes | bytearray | memoryview = b""
             with trio.move_on_after(silence):
                 data = await self.receive()
             if not data:
@@ -378,7 +397,7 @@ class _Connection:
                 await self.upload_wake.wait()
             if self.rejects:
                 rejects, self.rejects = self.rejects, []
-                await self.send(b"".join(proto.send(wire.RejectRequest(*ref)) for ref in rejects))
+                await self.send(bytes(proto.send_block_refs(wire.MSG_REJECT_REQUEST, rejects)))
             if not self.queued:
                 continue
             batch: list[BlockRef] = []
@@ -449,12 +468,12 @@ class _Connection:
 
     # -- writer --
 
-    def encode(self, item: Outgoing) -> bytes:
+    def encode(self, item: Outgoing) -> bytes | bytearray:
         proto = self.proto
         if isinstance(item, SendRequests):
-            return b"".join(proto.send(wire.Request(*ref)) for ref in item.requests)
+            return proto.send_block_refs(wire.MSG_REQUEST, item.requests)
         if isinstance(item, SendCancels):
-            return b"".join(proto.send(wire.Cancel(*ref)) for ref in item.cancels)
+            return proto.send_block_refs(wire.MSG_CANCEL, item.cancels)
         if isinstance(item, SendHave):
             return proto.send(wire.Have(item.piece))
         if isinstance(item, SendInterested):

@@ -5,17 +5,25 @@ the torrent:
 
     <out_dir>/.<name>.jstorrent        the state (core/resume.py describes its bytes)
     <out_dir>/.<name>.jstorrent.tmp    the next state while it is being written
+    <out_dir>/.<name>.lock             held (flock) by the one process downloading <name> there
 
 It sits next to the download (a single file `<out_dir>/<name>` or a folder `<out_dir>/<name>/`),
 so moving the output folder moves its state along, and deleting it forgets what was verified
-(the next run re-hashes what is on disk). Torrent names are at most 240 bytes (Config), so both
-names fit a 255-byte filename.
+(the next run re-hashes what is on disk). Torrent names are at most 240 bytes (Config), so all
+three names fit a 255-byte filename.
 
 Writing is atomic: the bytes go to the .tmp name, are fsynced, renamed over the state, and the
 folder is fsynced so the rename itself is durable. A crash at any moment leaves either the old
 state or the new one, never a mixture; a stale .tmp left by a crash is ignored and overwritten.
 Every path is opened relative to a descriptor of the output folder with O_NOFOLLOW: a symlink
 planted at the state's name is refused, never followed.
+
+One download per folder and name at a time: `lock_sync()` takes an exclusive, non-blocking flock on
+the lock file for as long as the download runs (the kernel drops it when the process ends, kill -9
+included); a second jstorrent on the same download fails at once with one line (FileOpenError,
+exit 16) instead of racing the first one for the state file (before: one of them died mid-run with
+"cannot save the resume state: No such file or directory", its .tmp renamed away by the other).
+The lock file stays (empty); deleting it between runs is harmless.
 
 Loading never fails: a missing, unreadable, truncated, oversized or garbage state, or one of
 another torrent, is "no state" (with a note saying why), which costs a re-hash, never a crash.
@@ -38,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -48,7 +57,7 @@ from jstorrent_cli.config import DEFAULT_CONFIG, Config
 from jstorrent_cli.core import resume
 from jstorrent_cli.core.geometry import Geometry
 from jstorrent_cli.core.resume import FileStat, ResumeState, ResumeStateError, trusted_pieces
-from jstorrent_cli.errors import DiskFullError, FileCreateError, StorageError
+from jstorrent_cli.errors import DiskFullError, FileCreateError, FileOpenError, StorageError
 from jstorrent_cli.tasks.parts import PartsGeometry, layout_of
 from jstorrent_cli.tasks.verify import PieceResults, Progress, check_pieces
 
@@ -65,9 +74,13 @@ __all__ = [
 
 STATE_SUFFIX = ".jstorrent"
 TEMP_SUFFIX = ".tmp"
+LOCK_SUFFIX = ".lock"  # .<name>.lock: 246 bytes at most (.<name>.jstorrent.lock would pass 255)
 _FILE_MODE = 0o666  # narrowed by the user's umask
 _DIR_MODE = 0o777
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+# flock unsupported (some network filesystems): go on without the lock rather than refuse to download.
+_NO_LOCKING = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -106,6 +119,8 @@ class StateStore:
         self.folder = os.path.realpath(os.fspath(out_dir))
         self.name = state_file_name(name)
         self.temp_name = self.name + TEMP_SUFFIX
+        self.lock_name = f".{name}{LOCK_SUFFIX}"
+        self._lock_fd: int | None = None
         self._config = config
         self._rename = rename
         self._fsync = fsync
@@ -113,6 +128,43 @@ class StateStore:
     @property
     def path(self) -> str:
         return os.path.join(self.folder, self.name)
+
+    # --- the lock ------------------------------------------------------------------------------
+
+    def lock_sync(self) -> None:
+        """Take this download's lock until `unlock()` (see the module's docstring). Raises
+        FileOpenError if another process (or session) holds it, a StorageError if it cannot be made."""
+        if self._lock_fd is not None:
+            return
+        path = os.path.join(self.folder, self.lock_name)
+        try:
+            os.makedirs(self.folder, mode=_DIR_MODE, exist_ok=True)
+            dir_fd = os.open(self.folder, _DIR_FLAGS)
+        except OSError as err:
+            raise self._error(err, "create the folder", self.folder) from None
+        try:
+            fd = os.open(self.lock_name, _LOCK_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+        except OSError as err:
+            raise self._error(err, "create the lock file", path) from None
+        finally:
+            os.close(dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileOpenError(f"another jstorrent is already downloading this torrent into {self.folder} "
+                                f"(it holds {path})") from None
+        except OSError as err:
+            if err.errno not in _NO_LOCKING:
+                os.close(fd)
+                raise self._error(err, "lock", path) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the lock (closing its descriptor); nothing if it is not held."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     # --- writing -------------------------------------------------------------------------------
 

@@ -542,6 +542,9 @@ class _Session:
         except OSError as err:
             raise FileCreateError(f"cannot create the download folder {self.out_dir}: {err.strerror}") from None
         with contextlib.ExitStack() as stack:
+            # One download per folder and name: a second one fails here, before it touches anything.
+            self.store.lock_sync()
+            stack.callback(self.store.unlock)
             # Signals are caught before anything shows that the session runs.
             signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
                        if self.handle_signals else None)

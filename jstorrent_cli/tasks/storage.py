@@ -21,15 +21,17 @@ The API is plain tuples and callables so the session can glue it to the schedule
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import itertools
 import os
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar, cast
 
 import trio
 
@@ -63,6 +65,32 @@ _DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno
 _NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
 # What a symlink met on the way is reported as, whatever errno the refused open gave.
 _SYMLINK = OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+
+
+if TYPE_CHECKING:
+    import outcome  # trio's own dependency: the type of what a worker thread delivers
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(fn: Callable[[], _T], limiter: trio.CapacityLimiter) -> _T:
+    """`fn()` in one of trio's cached worker threads; its result or its exception.
+
+    `trio.to_thread.run_sync` without what this module never uses, because the write and hash
+    hops run thousands of times per GiB: it names the worker thread on every job (two
+    pthread_setname_np calls and a string), copies the context and sets up `trio.from_thread`.
+    As with to_thread's default, a cancellation waits for `fn` to return.
+    """
+    async with limiter:
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+
+        def deliver(result: outcome.Outcome[_T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended under a daemon thread
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        trio.lowlevel.start_thread_soon(fn, deliver)
+        return cast(_T, await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED))
 
 
 def _iov_max() -> int:
@@ -318,6 +346,9 @@ class Storage:
         self._pwritev = pwritev
         self._pread = pread
         self._handles = _Handles(config.max_open_files, self._open_file, self._display, fsync)
+        # file index -> (st_dev, st_ino) of the file we created or opened first: a file deleted or
+        # replaced under us is caught at its next open and by `sync` (never a success without it).
+        self._identity: dict[int, tuple[int, int]] = {}
         self._write_limiter = trio.CapacityLimiter(config.disk_threads)
         self._hash_limiter = trio.CapacityLimiter(config.hash_threads)
 
@@ -392,20 +423,46 @@ class Storage:
                 os.close(dir_fd)
                 dir_fd = inner
             name = f.path[-1]
+            # Created already: a reopen must find it (recreating it empty would lose its pieces unseen).
+            known = index in self._identity
             try:
-                fd = os.open(name, _OPEN_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+                fd = os.open(name, _OPEN_FLAGS & ~os.O_CREAT if known else _OPEN_FLAGS, _FILE_MODE, dir_fd=dir_fd)
             except OSError as err:
+                if known and err.errno == errno.ENOENT:
+                    raise self._lost(index) from None
                 cause = _SYMLINK if self._is_symlink(dir_fd, name) else err
                 existed = self._exists(dir_fd, name)
                 raise _map_error(cause, "open" if existed else "create", display, creating=not existed) from None
         finally:
             os.close(dir_fd)
         try:
+            self._check_identity(index, os.fstat(fd))
             self._allocate(fd, f.length, display)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _lost(self, index: int) -> StorageError:
+        return StorageError(f"{self._display[index]} was deleted or replaced during the download "
+                            "(run the same command again to fetch what it lost)")
+
+    def _check_identity(self, index: int, info: os.stat_result) -> None:
+        """Record the file's identity at its first open; a later open of another file is a loss."""
+        identity = (info.st_dev, info.st_ino)
+        known = self._identity.setdefault(index, identity)
+        if known != identity:
+            raise self._lost(index)
+
+    def check_files_sync(self) -> None:
+        """Raise StorageError if a file written or read so far is no longer the one at its path."""
+        for index, identity in list(self._identity.items()):
+            try:
+                info = os.stat(self._display[index], follow_symlinks=False)
+            except OSError:
+                raise self._lost(index) from None
+            if (info.st_dev, info.st_ino) != identity:
+                raise self._lost(index)
 
     def _allocate(self, fd: int, length: int, display: str) -> None:
         try:
@@ -485,9 +542,10 @@ class Storage:
         Returns `(piece, begin, length)` for every block given, in the order given, once all of
         them are on disk (in the OS's cache: `sync` makes them durable).
         """
-        written = [(piece, begin, _nbytes(data)) for piece, begin, data in blocks]
+        # Blocks from the decoder are bytes: len() without a call; anything else through _nbytes.
+        written = [(piece, begin, len(data) if type(data) is bytes else _nbytes(data)) for piece, begin, data in blocks]
         if written:
-            await trio.to_thread.run_sync(self._write_sync, blocks, limiter=self._write_limiter)
+            await _in_thread(functools.partial(self._write_sync, blocks), self._write_limiter)
         return written
 
     # --- reading and hashing -------------------------------------------------------------------
@@ -544,13 +602,13 @@ class Storage:
 
     async def hash_piece(self, piece: int, expected_sha1: bytes) -> bool:
         """Read the piece back from disk and compare its SHA-1 (pad bytes hashed as zeros)."""
-        ok, _ = await trio.to_thread.run_sync(self._hash_sync, piece, expected_sha1, False, limiter=self._hash_limiter)
+        ok, _ = await _in_thread(functools.partial(self._hash_sync, piece, expected_sha1, False), self._hash_limiter)
         return ok
 
     async def hash_piece_blocks(self, piece: int, expected_sha1: bytes) -> tuple[bool, tuple[bytes, ...]]:
         """Like `hash_piece`, also returning the SHA-1 of each block (empty if the piece is not all
         on disk), which the scheduler keeps to find the liar behind a failed piece."""
-        return await trio.to_thread.run_sync(self._hash_sync, piece, expected_sha1, True, limiter=self._hash_limiter)
+        return await _in_thread(functools.partial(self._hash_sync, piece, expected_sha1, True), self._hash_limiter)
 
     def _hash_wanted_sync(self, piece: int, expected: bytes, want: bool) -> tuple[bool, tuple[bytes, ...]]:
         ok, digests = self._hash_sync(piece, expected, want)
@@ -565,8 +623,8 @@ class Storage:
         """Hash the piece; the SHA-1 of each block comes too only when `want_block_digests` is
         set or the piece fails its hash (then the piece is read a second time). The digests are
         empty if not computed or the piece is not all on disk."""
-        return await trio.to_thread.run_sync(
-            self._hash_wanted_sync, piece, expected_sha1, want_block_digests, limiter=self._hash_limiter
+        return await _in_thread(
+            functools.partial(self._hash_wanted_sync, piece, expected_sha1, want_block_digests), self._hash_limiter
         )
 
     def _read_sync(self, piece: int, begin: int, length: int) -> bytes:
@@ -577,7 +635,7 @@ class Storage:
 
     async def read_block(self, piece: int, begin: int, length: int) -> bytes:
         """The bytes of a block as on disk (for uploading), pad bytes as zeros."""
-        return await trio.to_thread.run_sync(self._read_sync, piece, begin, length, limiter=self._hash_limiter)
+        return await _in_thread(functools.partial(self._read_sync, piece, begin, length), self._hash_limiter)
 
     # --- whole files ---------------------------------------------------------------------------
 
@@ -598,8 +656,14 @@ class Storage:
 
     async def sync(self) -> None:
         """Make every write done so far durable (before recording pieces as verified in a resume
-        state): fsync each file written since its last fsync, pinned so no thread closes it meanwhile."""
-        await trio.to_thread.run_sync(self._handles.sync_all, limiter=self._write_limiter)
+        state): fsync each file written since its last fsync, pinned so no thread closes it meanwhile.
+        Then check every file opened so far is still the one at its path (StorageError if deleted or
+        replaced: its verified pieces are gone, so the state must not record them)."""
+        await trio.to_thread.run_sync(self._sync_and_check, limiter=self._write_limiter)
+
+    def _sync_and_check(self) -> None:
+        self._handles.sync_all()
+        self.check_files_sync()
 
     def close(self) -> None:
         """Close every cached descriptor (those in use by a thread close when it is done)."""
@@ -620,44 +684,45 @@ class Storage:
     ) -> None:
         """Write every batch of blocks received, answering `send_written(written)` per hop.
 
-        After each awaited receive it takes everything already queued (up to
-        `config.write_batch_max_bytes`) into one hop, so a writer that falls behind coalesces
-        more. Up to `config.disk_threads` hops run at once. Returns when the channel is closed
-        and drained; the first StorageError stops the loop and is raised.
+        `config.disk_threads` long-lived tasks (no task spawned per hop) each take a batch, then
+        everything already queued (up to `config.write_batch_max_bytes`, each block counted as a
+        full one) into one hop, so a writer
+        that falls behind coalesces more. Returns when the channel is closed and drained; the first
+        StorageError stops the loop and is raised.
         """
         max_bytes = self._config.write_batch_max_bytes
-        slots = trio.Semaphore(self._config.disk_threads)
+        block_size = self._geometry.block_size
         failures: list[StorageError] = []
+        taking = trio.Lock()  # one task at a time takes a batch: it gets all that is queued
 
-        async def write(batch: list[Block], cancel_scope: trio.CancelScope) -> None:
-            try:
-                written = await self.write_blocks(batch)
-            except StorageError as err:
-                failures.append(err)
-                cancel_scope.cancel()
-                return
-            finally:
-                slots.release()
-            await send_written(written)
+        async def worker(cancel_scope: trio.CancelScope) -> None:
+            while True:
+                async with taking:
+                    try:
+                        first = await receive_blocks.receive()
+                    except trio.EndOfChannel:
+                        return
+                    batch = list(first)
+                    # Counted as whole blocks (no block is longer): no per-block work in the trio thread.
+                    size = len(batch) * block_size
+                    while size < max_bytes:
+                        try:
+                            more = receive_blocks.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        batch.extend(more)
+                        size += len(more) * block_size
+                try:
+                    written = await self.write_blocks(batch)
+                except StorageError as err:
+                    failures.append(err)
+                    cancel_scope.cancel()
+                    return
+                await send_written(written)
 
         async with trio.open_nursery() as nursery:
-            while True:
-                await slots.acquire()
-                try:
-                    first = await receive_blocks.receive()
-                except trio.EndOfChannel:
-                    slots.release()
-                    break
-                batch = list(first)
-                size = sum(_nbytes(data) for _, _, data in batch)
-                while size < max_bytes:
-                    try:
-                        more = receive_blocks.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    batch.extend(more)
-                    size += sum(_nbytes(data) for _, _, data in more)
-                nursery.start_soon(write, batch, nursery.cancel_scope)
+            for _ in range(max(1, self._config.disk_threads)):
+                nursery.start_soon(worker, nursery.cancel_scope)
         if failures:
             raise failures[0]
 
@@ -669,31 +734,50 @@ class Storage:
         """Hash every `(piece, expected_sha1, want_block_digests)` received (see `hash_piece_checked`);
         answer `send_hashed(piece, ok, block_digests)`.
 
-        Up to `config.hash_threads` pieces at once. Returns when the channel is closed and
-        drained; the first StorageError stops the loop and is raised.
+        `config.hash_threads` long-lived tasks; each takes a piece, then the pieces already queued
+        (up to `config.hash_batch_bytes`) into one thread hop: small pieces do not pay a hop each.
+        Returns when the channel is closed and drained; the first StorageError stops the loop and is
+        raised.
         """
-        slots = trio.Semaphore(self._config.hash_threads)
+        max_bytes = self._config.hash_batch_bytes
+        piece_size = self._geometry.piece_size
         failures: list[StorageError] = []
+        taking = trio.Lock()  # one task at a time takes a batch: it gets all that is queued
 
-        async def check(piece: int, expected: bytes, want: bool, cancel_scope: trio.CancelScope) -> None:
-            try:
-                ok, digests = await self.hash_piece_checked(piece, expected, want)
-            except StorageError as err:
-                failures.append(err)
-                cancel_scope.cancel()
-                return
-            finally:
-                slots.release()
-            await send_hashed(piece, ok, digests)
+        async def worker(cancel_scope: trio.CancelScope) -> None:
+            while True:
+                async with taking:
+                    try:
+                        jobs = [await receive_pieces.receive()]
+                    except trio.EndOfChannel:
+                        return
+                    size = piece_size(jobs[0][0])
+                    while size < max_bytes:
+                        try:
+                            job = receive_pieces.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        jobs.append(job)
+                        size += piece_size(job[0])
+                try:
+                    results = await self.hash_pieces(jobs)
+                except StorageError as err:
+                    failures.append(err)
+                    cancel_scope.cancel()
+                    return
+                for (piece, _, _), (ok, digests) in zip(jobs, results, strict=True):
+                    await send_hashed(piece, ok, digests)
 
         async with trio.open_nursery() as nursery:
-            while True:
-                await slots.acquire()
-                try:
-                    piece, expected, want = await receive_pieces.receive()
-                except trio.EndOfChannel:
-                    slots.release()
-                    break
-                nursery.start_soon(check, piece, expected, want, nursery.cancel_scope)
+            for _ in range(max(1, self._config.hash_threads)):
+                nursery.start_soon(worker, nursery.cancel_scope)
         if failures:
             raise failures[0]
+
+    async def hash_pieces(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
+        """Hash several `(piece, expected_sha1, want_block_digests)` in one thread hop; one
+        `(ok, block_digests)` per job, in order (see `hash_piece_checked`)."""
+        return await _in_thread(functools.partial(self._hash_many_sync, jobs), self._hash_limiter)
+
+    def _hash_many_sync(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
+        return [self._hash_wanted_sync(piece, expected, want) for piece, expected, want in jobs]

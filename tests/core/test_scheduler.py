@@ -67,6 +67,33 @@ def test_slow_start_from_initial_limit_and_one_more_per_block() -> None:
     assert s.snapshot().peers[0].limit == DEFAULT_CONFIG.peer_limit_initial + 1
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 3.0), st.lists(st.integers(1, 6), min_size=1, max_size=6)),
+                min_size=1, max_size=8))
+def test_limits_and_request_times_do_not_depend_on_how_blocks_are_batched(
+    rounds: list[tuple[float, list[int]]],
+) -> None:
+    # Each round every outstanding block arrives: in `whole` as one fact, in `split` as several facts
+    # at the same moment. The per-peer limit, rate, slow start and request deadline must agree.
+    whole, split = make(num_pieces=400), make(num_pieces=400)
+    join(whole, 0, have_all=True)
+    join(split, 0, have_all=True)
+    now = 0.0
+    for dt, cuts in rounds:
+        now += dt
+        deliver(whole, 0, list(whole.outstanding(0)), now)
+        pending = list(split.outstanding(0))
+        for size in [*cuts, len(pending)]:
+            if pending:
+                deliver(split, 0, pending[:size], now)
+                pending = pending[size:]
+        a, b = whole.snapshot().peers[0], split.snapshot().peers[0]
+        assert (a.limit, a.rate, a.slow_start, a.request_timeout, a.outstanding) == (
+            b.limit, b.rate, b.slow_start, b.request_timeout, b.outstanding)
+        whole.check_invariants()
+        split.check_invariants()
+
+
 def test_limit_is_bounded_by_the_peers_reqq() -> None:
     s = make(num_pieces=20)
     out = join(s, 0, have_all=True, reqq=3)

@@ -114,6 +114,22 @@ def test_piece_header_plus_block_equals_the_encoded_piece() -> None:
     assert wire.Decoder(expect_handshake=False).feed(header + block) == [wire.Piece(5, 32768, block)]
 
 
+@SETTINGS
+@given(st.sampled_from([wire.MSG_REQUEST, wire.MSG_CANCEL, wire.MSG_REJECT_REQUEST]),
+       st.lists(st.tuples(U32, U32, U32), max_size=40))
+def test_block_refs_in_one_buffer_equal_the_messages_one_by_one(
+    msg_id: int, refs: list[tuple[int, int, int]]
+) -> None:
+    kind = {wire.MSG_REQUEST: wire.Request, wire.MSG_CANCEL: wire.Cancel, wire.MSG_REJECT_REQUEST: wire.RejectRequest}
+    packed = wire.encode_block_refs(msg_id, refs)
+    assert bytes(packed) == b"".join(wire.encode(kind[msg_id](*ref)) for ref in refs)
+
+
+def test_block_refs_refuse_a_message_that_names_no_block() -> None:
+    with pytest.raises(ValueError):
+        wire.encode_block_refs(wire.MSG_HAVE, [(1, 2, 3)])
+
+
 def test_extended_handshake_is_a_sorted_bencoded_dictionary() -> None:
     msg = wire.ExtendedHandshake(m={"ut_metadata": 2, "ut_pex": 1}, v="jstorrent 0.1", reqq=500, p=6881)
     data = wire.encode(msg)

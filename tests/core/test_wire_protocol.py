@@ -259,6 +259,20 @@ def test_pieces_outside_the_piece_are_refused(index: int, begin: int, length: in
         feed(proto, wire.Piece(index, begin, bytes(length)))
 
 
+@SETTINGS
+@given(st.integers(0, NUM_PIECES + 1), st.integers(0, PIECE_LENGTH + BLOCK), st.integers(1, BLOCK))
+def test_a_piece_is_accepted_exactly_when_it_lies_inside_its_piece(index: int, begin: int, length: int) -> None:
+    size = LAST_PIECE if index == NUM_PIECES - 1 else PIECE_LENGTH
+    inside = index < NUM_PIECES and begin + length <= size
+    proto = connected()
+    msgs = [wire.Have(1), wire.Piece(index, begin, bytes(length)), wire.Have(2)]
+    if inside:
+        assert feed(proto, *msgs) == msgs
+    else:
+        with pytest.raises(RemoteProtocolError):
+            feed(proto, *msgs)
+
+
 def test_one_piece_torrent_uses_its_total_length_as_the_piece_size() -> None:
     proto = wire.PeerProtocol(INFO_HASH, OUR_ID, 1, PIECE_LENGTH, 5000)
     proto.receive_data(their_handshake())
@@ -366,6 +380,20 @@ def test_nothing_is_sent_before_our_handshake() -> None:
     proto.send_handshake()
     with pytest.raises(wire.LocalProtocolError):
         proto.send_handshake()
+
+
+def test_block_refs_follow_the_sending_rules() -> None:
+    with pytest.raises(wire.LocalProtocolError):
+        make().send_block_refs(wire.MSG_REQUEST, [(0, 0, 16384)])
+    plain = connected(peer_fast=False)
+    with pytest.raises(wire.LocalProtocolError):
+        plain.send_block_refs(wire.MSG_REJECT_REQUEST, [(0, 0, 16384)])
+    assert plain.send_block_refs(wire.MSG_CANCEL, []) == b""
+    plain.send(wire.Bitfield(bits_of(1)))  # an empty batch sent nothing: the bitfield may still go first
+    proto = connected()
+    assert proto.send_block_refs(wire.MSG_REQUEST, [(1, 0, 16384)]) == wire.encode(wire.Request(1, 0, 16384))
+    with pytest.raises(wire.LocalProtocolError):  # requests went out: a bitfield now is our bug
+        proto.send(wire.Bitfield(bits_of(1)))
 
 
 def test_we_send_a_bitfield_only_first() -> None:

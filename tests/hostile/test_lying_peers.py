@@ -123,8 +123,8 @@ async def test_liar_sharing_a_piece_is_named_by_block_digests_once_the_piece_pas
 
 async def test_unsolicited_whole_blocks_of_garbage_never_reach_the_output(tmp_path: Path) -> None:
     """Aligned, right-sized blocks it was never asked for (every block of the torrent, zeroed) are
-    thrown away or, when they land in a block another peer was asked for, caught by the hash check:
-    the output is exact either way, and the honest seeder is never blamed."""
+    thrown away and counted as waste, even where another peer was asked for that block
+    (test_unrequested_blocks.py): the output is exact, and the honest seeder is never blamed."""
     swarm = make_swarm(tmp_path)
     pushed = 0
 

@@ -109,11 +109,12 @@ def _answers_udp(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_opentracker(workdir: Path, info_hashes: Iterable[bytes], host: str | None = None) -> Iterator[OpenTracker]:
+def running_opentracker(workdir: Path, info_hashes: Iterable[bytes], host: str | None = None,
+                        ports: tuple[int, int] | None = None) -> Iterator[OpenTracker]:
     """Start opentracker on `host` with a free TCP and a free UDP port, whitelisting `info_hashes`.
 
     `host` defaults to a loopback address of its own (see next_tracker_host); pass "127.0.0.1" to
-    share the usual one.
+    share the usual one. `ports` (HTTP, UDP) restarts a tracker where a stopped one was.
 
     Yields once both ports answer (UDP checked with a real BEP 15 connect on `host`); stops it by
     PID on the way out, whatever happened.
@@ -124,8 +125,7 @@ def running_opentracker(workdir: Path, info_hashes: Iterable[bytes], host: str |
     whitelist = workdir / "whitelist.txt"
     whitelist.write_text("".join(f"{h.hex()}\n" for h in info_hashes))
     whitelist.chmod(0o644)
-    http_port = free_port(socket.SOCK_STREAM, host)
-    udp_port = free_port(socket.SOCK_DGRAM, host)
+    http_port, udp_port = ports or (free_port(socket.SOCK_STREAM, host), free_port(socket.SOCK_DGRAM, host))
     command = [OPENTRACKER, "-i", host, "-p", str(http_port), "-P", str(udp_port)]
     # The whitelist path is relative: inside the chroot (when root) and in the cwd (otherwise) alike.
     command += ["-d", str(workdir), "-w", whitelist.name]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import re
 import shutil
 import sys
@@ -110,6 +111,31 @@ def report(stacks: Iterable[tuple[list[str], int]], top: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def timeline(trace: Path, log: Path) -> str:
+    """Seconds from exec to each connect / fsync / exit (strace -ttt lines), and the session's own times."""
+    lines = []
+    start: float | None = None
+    for line in trace.read_text(errors="replace").splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3 or "resumed" in parts[2] or "+++" in parts[2]:
+            continue
+        try:
+            stamp = float(parts[1])
+        except ValueError:
+            continue
+        if start is None:
+            start = stamp
+        call = parts[2]
+        if call.startswith("connect(") and "AF_UNIX" in call:
+            continue
+        lines.append(f"{stamp - start:7.3f} s  {call[:110]}")
+    for record in log.read_text(errors="replace").splitlines():
+        if '"event": "result"' in record:
+            result = json.loads(record)
+            lines.append(f"session: elapsed {result['elapsed']:.3f} s, download_time {result['download_time']:.3f} s")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--scenario", type=int, default=1, choices=range(1, 7))
@@ -118,8 +144,10 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--gil", action="store_true", help="py-spy --gil: only the thread holding the GIL")
-    parser.add_argument("--tool", choices=("py-spy", "pyinstrument", "strace"), default="py-spy",
-                        help="strace: count system calls of every thread instead (strace -f -c)")
+    parser.add_argument("--tool", choices=("py-spy", "pyinstrument", "strace", "timeline"), default="py-spy",
+                        help="strace: count system calls of every thread instead (strace -f -c); timeline: "
+                             "when the process connects, fsyncs and exits (strace -f -ttt), against its "
+                             "download_time")
     parser.add_argument("--out", default=None, help="folder for the profile files (default: a new one in tmp)")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
@@ -146,6 +174,11 @@ def main() -> int:
                 elif args.tool == "strace":
                     profile = out / "strace.txt"
                     command = ["strace", "-f", "-c", "-o", str(profile), "--", *get]
+                elif args.tool == "timeline":
+                    profile = out / "timeline.txt"
+                    get[get.index("--quiet")] = "--json"
+                    command = ["strace", "-f", "-ttt", "-e", "trace=execve,connect,fsync,exit_group", "-o",
+                               str(profile), "--", *get]
                 else:
                     profile = out / "pyinstrument.txt"
                     command = [str(VENV_BIN / "python"), "-m", "pyinstrument", "-r", "text", "-o", str(profile),
@@ -161,6 +194,8 @@ def main() -> int:
         text = report(read_raw(profile), args.top)
         (out / "hotspots.md").write_text(text)
         print(text)
+    elif args.tool == "timeline":
+        print(timeline(profile, out / "profiler.log"))
     else:
         print(profile.read_text())
     print(f"profile files in {out}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,9 +68,14 @@ def items(*sources: str, dirs: dict[int, str] | None = None) -> list[BatchItem]:
 
 async def start_seeder(nursery: trio.Nursery, tmp_path: Path, sources: Sequence[str], host: str,
                        config: Config = DEFAULT_CONFIG, seed_dir: Path | None = None) -> int:
-    """A jstorrent batch seeding every source from tmp_path/seed on one port (the router at work), once every
-    item has checked its data and registered its info hash (a connection before that would be closed)."""
-    options = BatchOptions(out_dir=str(seed_dir or tmp_path / "seed"), listen_host=host, port=0, seed_time=math.inf)
+    """A jstorrent batch seeding every source on one port (the router at work), once every item has checked
+    its data and registered its info hash (a connection before that would be closed). Each seeder gets its
+    own folder, hard links of `seed_dir` (default tmp_path/seed): one download runs per folder and name at a
+    time (the lock)."""
+    folder = tmp_path / f"seed-{host}"
+    if not folder.exists():
+        shutil.copytree(seed_dir or tmp_path / "seed", folder, copy_function=os.link)
+    options = BatchOptions(out_dir=str(folder), listen_host=host, port=0, seed_time=math.inf)
     recorder = Recorder()
     port: int = await nursery.start(run_batch, config, items(*sources), options, recorder, read_torrent_file)
 
@@ -77,6 +84,7 @@ async def start_seeder(nursery: trio.Nursery, tmp_path: Path, sources: Sequence[
         return last is not None and all(i.status is not None and i.status.state.value == "seeding" for i in last.items)
 
     while not seeding():
+        assert not recorder.finished, f"a seeding item ended: {recorder.finished}"
         await trio.sleep(0.01)
     return port
 

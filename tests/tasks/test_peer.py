@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import struct
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from jstorrent_cli.config import DEFAULT_CONFIG, KiB
+from jstorrent_cli.config import DEFAULT_CONFIG, Config, KiB
 from jstorrent_cli.core import wire
 from jstorrent_cli.core.messages import (
     BlocksReceived,
@@ -79,13 +80,20 @@ async def read_block(piece: int, begin: int, length: int) -> bytes:
 
 @asynccontextmanager
 async def connection(
-    have: bytearray | None = None, inbox_size: int = 100
+    have: bytearray | None = None, inbox_size: int = 100, *, sockets: bool = False, config: Config = DEFAULT_CONFIG
 ) -> AsyncIterator[tuple[Remote, PeerLink, trio.MemoryReceiveChannel[Fact]]]:
-    ours, theirs = trio.testing.memory_stream_pair()
+    """A connection over memory streams, or with `sockets` over a real socket pair."""
+    ours: trio.abc.Stream
+    theirs: trio.abc.Stream
+    if sockets:
+        a, b = trio.socket.socketpair()
+        ours, theirs = trio.SocketStream(a), trio.SocketStream(b)
+    else:
+        ours, theirs = trio.testing.memory_stream_pair()
     send, receive = trio.open_memory_channel[Fact](inbox_size)
-    ctx = TorrentContext(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LENGTH, TOTAL, DEFAULT_CONFIG,
+    ctx = TorrentContext(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LENGTH, TOTAL, config,
                          have if have is not None else bytearray(1), send, read_block)
-    link = PeerLink(1, "127.0.0.9", 6881, DEFAULT_CONFIG, incoming=False, now=trio.current_time())
+    link = PeerLink(1, "127.0.0.9", 6881, config, incoming=False, now=trio.current_time())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_peer, ours, link, ctx)
         yield Remote(theirs), link, receive
@@ -125,6 +133,29 @@ async def test_blocks_of_one_receive_arrive_as_one_fact_and_rates_count_them() -
             assert isinstance(fact, BlocksReceived)
             assert [(p, b, bytes(d)) for p, b, d in fact.blocks] == [(m.index, m.begin, bytes(m.block)) for m in blocks]
             assert link.down.total == 2 * 16 * KiB + 100
+
+
+async def test_blocks_received_from_a_socket_keep_their_bytes_while_the_receive_buffer_is_reused() -> None:
+    # A small first buffer that must grow, and blocks that straddle receives: every block's data must
+    # be its own copy, since the buffer is overwritten by the next receive.
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_recv_initial=1000, peer_recv_size=40 * KiB)
+    rounds = 24
+    sent = [
+        wire.Piece(piece, begin, bytes([(r * 8 + piece * 2 + begin // (16 * KiB)) % 256]) * (16 * KiB))
+        for r in range(rounds) for piece in range(NUM_PIECES - 1) for begin in (0, 16 * KiB)
+    ]
+    with trio.fail_after(DEADLINE):
+        async with connection(sockets=True, config=config, inbox_size=1000) as (remote, link, facts):
+            await remote.handshake(first=wire.HAVE_ALL)
+            await next_fact(facts, PeerJoined)
+            await remote.send(*sent)
+            got: list[tuple[int, int, bytes | bytearray | memoryview]] = []
+            while len(got) < len(sent):
+                fact = await next_fact(facts, BlocksReceived)
+                assert isinstance(fact, BlocksReceived)
+                got.extend(fact.blocks)
+            assert [(p, b, bytes(d)) for p, b, d in got] == [(m.index, m.begin, bytes(m.block)) for m in sent]
+            assert link.down.total == len(sent) * 16 * KiB
 
 
 async def test_a_hostile_length_prefix_ends_the_connection_and_peer_gone_is_reported() -> None:

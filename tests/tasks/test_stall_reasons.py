@@ -88,10 +88,11 @@ class Gate:
         gate = self
 
         class GatedHasher(Storage):
-            async def hash_piece_checked(self, piece: int, expected_sha1: bytes,
-                                         want_block_digests: bool) -> tuple[bool, tuple[bytes, ...]]:
+            async def hash_pieces(
+                self, jobs: Sequence[tuple[int, bytes, bool]],
+            ) -> list[tuple[bool, tuple[bytes, ...]]]:
                 await gate.wait()
-                return await super().hash_piece_checked(piece, expected_sha1, want_block_digests)
+                return await super().hash_pieces(jobs)
 
         return GatedHasher
 

@@ -30,7 +30,7 @@ from jstorrent_cli.errors import (
     StorageError,
     UsageError,
 )
-from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written, storage_files
+from jstorrent_cli.tasks.storage import Block, Storage, StorageFile, Written, _in_thread, storage_files
 
 DEADLINE = 10
 T = TypeVar("T")
@@ -299,6 +299,88 @@ async def test_writer_loop_batches_are_bounded_and_all_answered(root: Path) -> N
     read_back(root, torrent)
 
 
+async def test_writer_loop_runs_disk_threads_hops_at_once_and_no_more(root: Path) -> None:
+    # Three hops must be in their threads together (the barrier lets none through before that);
+    # a fourth batch waits for one of them.
+    torrent = make_torrent([(8 * BLOCK_SIZE, False)], BLOCK_SIZE)
+    blocks = torrent.blocks()
+    config = dataclasses.replace(DEFAULT_CONFIG, disk_threads=3, write_batch_max_bytes=BLOCK_SIZE)
+    barrier = threading.Barrier(3, timeout=DEADLINE)
+    lock = threading.Lock()
+    running = most = 0
+
+    def pwritev(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            if offset < 3 * BLOCK_SIZE:  # the first three hops (one block each) meet here
+                barrier.wait()
+            return os.pwritev(fd, buffers, offset)
+        finally:
+            with lock:
+                running -= 1
+
+    facts: list[list[Written]] = []
+
+    async def send_written(written: list[Written]) -> None:
+        facts.append(written)
+
+    send, receive = trio.open_memory_channel[Sequence[Block]](0)
+    with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config, pwritev=pwritev) as storage:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.writer_loop, receive, send_written)
+            async with send:
+                for block in blocks:
+                    await send.send([block])
+    assert most == 3
+    assert sorted(w for fact in facts for w in fact) == sorted((p, b, len(d)) for p, b, d in blocks)
+    read_back(root, torrent)
+
+
+@pytest.mark.parametrize("batch_pieces", [1, 3, 100])
+async def test_hasher_loop_hashes_queued_pieces_in_one_hop_up_to_the_batch_bytes(root: Path, batch_pieces: int) -> None:
+    torrent = make_torrent([(7 * BLOCK_SIZE, False)], BLOCK_SIZE)
+    n = torrent.geometry.piece_count
+    config = dataclasses.replace(DEFAULT_CONFIG, hash_threads=1, hash_batch_bytes=batch_pieces * BLOCK_SIZE)
+    token = trio.lowlevel.current_trio_token()
+    first_in = trio.Event()
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if offset == 0 and not first_in.is_set():  # piece 0's hop waits until the rest is queued
+            trio.from_thread.run_sync(first_in.set, trio_token=token)
+            assert release.wait(DEADLINE)
+        return os.pread(fd, length, offset)
+
+    class Recording(Storage):
+        def _hash_many_sync(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
+            batches.append([piece for piece, _, _ in jobs])
+            return super()._hash_many_sync(jobs)
+
+    answers: dict[int, bool] = {}
+
+    async def send_hashed(piece: int, ok: bool, digests: tuple[bytes, ...]) -> None:
+        answers[piece] = ok
+
+    send, receive = trio.open_memory_channel[tuple[int, bytes, bool]](n)
+    with trio.fail_after(DEADLINE), Recording(root, torrent.files, torrent.geometry, config, pread=pread) as storage:
+        await storage.write_blocks(torrent.blocks())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storage.hasher_loop, receive, send_hashed)
+            send.send_nowait((0, torrent.piece_hash(0), False))
+            await first_in.wait()
+            for piece in range(1, n):
+                send.send_nowait((piece, torrent.piece_hash(piece) if piece != 4 else bytes(20), False))
+            release.set()
+            send.close()
+    rest = list(range(1, n))
+    assert batches == [[0]] + [rest[i : i + batch_pieces] for i in range(0, len(rest), batch_pieces)]
+    assert answers == {piece: piece != 4 for piece in range(n)}
+
+
 async def test_hasher_loop_answers_every_piece_with_block_digests_only_when_wanted_or_failed(root: Path) -> None:
     torrent = make_torrent([(7 * BLOCK_SIZE + 3, False)], 2 * BLOCK_SIZE)
     g = torrent.geometry
@@ -457,11 +539,12 @@ async def test_sync_waits_for_a_flush_of_an_evicted_file_still_running(root: Pat
     log: list[str] = []
     evicting = trio.Event()
     let_flush_finish = threading.Event()
+    token = trio.lowlevel.current_trio_token()  # storage's worker threads are not to_thread's: name the run
 
     def fsync(fd: int) -> None:
         inode = os.fstat(fd).st_ino
         if not evicting.is_set():  # the first flush: file 0's, by the evicting writer; hold it
-            trio.from_thread.run_sync(evicting.set)
+            trio.from_thread.run_sync(evicting.set, trio_token=token)
             assert let_flush_finish.wait(DEADLINE)
         os.fsync(fd)
         log.append(f"flushed {inode}")
@@ -726,3 +809,68 @@ def test_config_defaults_are_sane() -> None:
     assert config.file_allocation == "sparse"  # never slow to start
     assert config.max_open_files >= 1 and config.disk_threads >= 1
     assert config.hash_read_size % BLOCK_SIZE == 0
+
+
+# --- the worker-thread hop ---------------------------------------------------------------------------
+
+
+async def test_a_thread_hop_returns_the_result_raises_the_error_and_respects_the_limiter() -> None:
+    limiter = trio.CapacityLimiter(1)
+    main = threading.get_ident()
+    with trio.fail_after(DEADLINE):
+        assert await _in_thread(lambda: threading.get_ident() != main, limiter)
+        with pytest.raises(ZeroDivisionError):
+            await _in_thread(lambda: 1 // 0, limiter)
+        running = 0
+        most = 0
+        lock = threading.Lock()
+        release = threading.Event()
+
+        def job() -> None:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            release.wait(DEADLINE)
+            with lock:
+                running -= 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(_in_thread, job, limiter)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert most == 1 and limiter.borrowed_tokens == 0
+
+
+async def test_a_cancelled_thread_hop_waits_for_the_thread_to_finish() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    finished: list[bool] = []
+    seen_at_cancel: list[list[bool]] = []
+
+    def job() -> None:
+        started.set()
+        release.wait(DEADLINE)
+        finished.append(True)
+
+    scope = trio.CancelScope()
+
+    async def hop() -> None:
+        with scope:
+            try:
+                await _in_thread(job, trio.CapacityLimiter(1))
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled:
+                seen_at_cancel.append(list(finished))
+                raise
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hop)
+            await trio.to_thread.run_sync(started.wait, DEADLINE)
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not finished and not seen_at_cancel  # the hop still waits for the thread
+            release.set()
+    assert seen_at_cancel == [[True]] and scope.cancelled_caught
