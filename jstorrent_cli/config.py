@@ -193,6 +193,10 @@ class Config:
     max_download_rate: int = 0
     # A limited bucket holds at most this many seconds of its rate (the largest burst allowed).
     rate_limit_burst: float = 1.0
+    # With a download limit, the scheduler keeps at most this many seconds of the rate requested at once:
+    # requests then wait in our own limiter for about this long, far below request_timeout_min, so they
+    # do not time out there and bar their pieces (a sole holder would then sit idle for piece_retry_delay).
+    download_rate_request_window: float = 1.0
     # At exit, how often we look whether the `completed` announce got through (bounded by the stopped deadline).
     completed_poll_interval: float = 0.05
     # Queued upload requests read from disk together and sent in one write (fewer loop wakeups per block):

@@ -107,6 +107,7 @@ from jstorrent_cli.core.picker import (
 IDLE_CHOKED = "choked"
 IDLE_NOTHING_WANTED = "has nothing we want"
 IDLE_BUDGET = "waiting for budget (writer behind)"
+IDLE_RATE = "waiting for the download rate limit"
 IDLE_ALL_REQUESTED = "everything it has is requested from others"
 IDLE_BARRED = "what it has timed out or was rejected: not asked again yet"
 
@@ -283,6 +284,11 @@ class Scheduler:
         self._left_pool = False
         if budget_pool is not None:
             self._budget = 0
+        # --max-download-limit: at most Config.download_rate_request_window seconds of the rate requested
+        # at once, so a request never waits in our own limiter long enough to pass its deadline.
+        rate = config.max_download_rate
+        self._flight_cap = (max(self._bs, int(rate * config.download_rate_request_window)) if rate > 0
+                            else None)
         self._peers: dict[PeerId, _Peer] = {}
         self._in_flight = 0
         self._waiting = 0
@@ -463,7 +469,7 @@ class Scheduler:
         if peer.peer_choking:
             return IDLE_CHOKED
         if self._budget_full() and self.picker.free_blocks:
-            return IDLE_BUDGET  # said here: _flush skips hungry peers while the budget is full
+            return self._full_reason()  # said here: _flush skips hungry peers while the budget is full
         return peer.idle_reason
 
     @property
@@ -1010,11 +1016,8 @@ class Scheduler:
             self._dirty = {}
             hungry = self._hungry
             picker = self.picker
-            bs = self._bs
-            budget = self._budget
             for peer_id in dirty:
-                if (peer_id in hungry and self._in_flight + self._waiting + bs > budget
-                        and picker.free_blocks):
+                if peer_id in hungry and self._budget_full() and picker.free_blocks:
                     continue  # the room is gone and it is not endgame: it stays hungry, nothing to do
                 peer = peers.get(peer_id)
                 if peer is not None:
@@ -1054,11 +1057,11 @@ class Scheduler:
             peer.idle_reason = IDLE_CHOKED
             self._hungry.pop(peer.id, None)
             return
-        if self._in_flight + self._waiting + self._bs > self._budget and self.picker.free_blocks:
+        if self._budget_full() and self.picker.free_blocks:
             # Nothing but an endgame duplicate could go out, and it is not endgame: wait for the writer.
             self._hungry[peer.id] = None
             if not peer.outstanding:
-                peer.idle_reason = IDLE_BUDGET
+                peer.idle_reason = self._full_reason()
             return
         start = spare
         now = self._now
@@ -1129,7 +1132,7 @@ class Scheduler:
         if spare > 0:
             self._hungry[peer.id] = None
             if not peer.outstanding:
-                peer.idle_reason = (IDLE_BUDGET if self._budget_full()
+                peer.idle_reason = (self._full_reason() if self._budget_full()
                                     else IDLE_BARRED if bars and picker.free_blocks else IDLE_ALL_REQUESTED)
         else:
             self._hungry.pop(peer.id, None)
@@ -1153,8 +1156,18 @@ class Scheduler:
         return spare
 
     def _budget_full(self) -> bool:
-        """No room for one more block (a full-size one; the last piece's short block is not special)."""
-        return self._in_flight + self._waiting + self._bs > self._budget
+        """No room for one more block (a full-size one; the last piece's short block is not special), in
+        the budget or under the download rate limit's cap on bytes in flight."""
+        cap = self._flight_cap
+        return (self._in_flight + self._waiting + self._bs > self._budget
+                or (cap is not None and self._in_flight + self._bs > cap))
+
+    def _full_reason(self) -> str:
+        """Why a peer with spare slots gets nothing while `_budget_full()`: the rate cap or the writer."""
+        cap = self._flight_cap
+        if cap is not None and self._in_flight + self._bs > cap:
+            return IDLE_RATE
+        return IDLE_BUDGET
 
     def _start_cap(self) -> int:
         config = self.config
@@ -1168,6 +1181,7 @@ class Scheduler:
         piece = ap.index
         bs = self._bs
         budget = self._budget
+        cap = self._flight_cap
         now = self._now
         outstanding = peer.outstanding
         reqs = self._requests.get(peer.id)
@@ -1183,7 +1197,8 @@ class Scheduler:
                 block += 1
             ap.cursor = block
             length = bs if block < last_block else picker.block_length(piece, block)
-            if self._in_flight + self._waiting + length > budget:
+            if self._in_flight + self._waiting + length > budget or (
+                    cap is not None and self._in_flight + length > cap):
                 break
             picker.request(ap, block, peer.id, now)
             outstanding[(piece, block)] = now
