@@ -32,6 +32,7 @@ from .swarm import (
     lower_bound,
     many_peers,
     simulate,
+    sole_slow_holder,
 )
 
 SEED = 1
@@ -40,6 +41,8 @@ EQUAL_PEERS_TARGET = 1.10
 FAST_AND_SLOW_TARGET = 1.25
 # Every other scenario: a regression ceiling (all measured near 1.01; see docs/design/sim-results.md).
 SCENARIO_CEILING = 1.25
+# One slow peer holding everything, delivering steadily: nothing but its own pace limits the download.
+SOLE_HOLDER_TARGET = 1.01
 # Longest pause between two arriving blocks in a steady swarm of equal seeds (measured 0.06 s; the
 # handshake before the first block is 4 one-way latencies, at most 0.32 s here).
 STEADY_MAX_GAP = 0.5
@@ -187,6 +190,17 @@ def test_very_slow_peer_does_not_hold_the_tail() -> None:
     assert result.ratio <= FAST_AND_SLOW_TARGET
 
 
+def test_slow_sole_holder_is_not_timed_out_while_it_delivers() -> None:
+    # Found by the property test: the only holder of the only piece served 20 KB/s; requests waiting
+    # behind its own blocks passed the 2 s deadline, each timeout threw its late block away and barred
+    # the holder from the piece for 10 s: not verified after 455 s, 409,574 bytes wasted. Its blocks
+    # come steadily, so nothing may time out, and it must go at its own pace (4 MiB / 20 KB/s = 210 s).
+    result = scenario("1 slow sole holder")
+    assert_clean(result)
+    assert result.cancels_sent == 0 and result.wasted_bytes == 0
+    assert result.ratio <= SOLE_HOLDER_TARGET, f"{result.finish_time:.1f} s = {result.ratio:.3f} x bound"
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_choke_patterns_and_rejoins(fast: bool) -> None:
     """Peers that choke and unchoke us, leave holding requests and come back from another port."""
@@ -261,6 +275,26 @@ def test_lower_bound_counts_only_connected_unchoking_honest_peers() -> None:
     # A peer that lies only sometimes may deliver good blocks: it counts (a bound must not overestimate).
     flaky = PeerSpec("127.0.0.5", 1 * MB, latency=0.0, corrupt=0.5)
     assert lower_bound(dataclasses.replace(base, peers=(peer, flaky))) < 14.0
+
+
+def test_lower_bound_counts_only_the_peers_that_hold_each_piece() -> None:
+    # One 4 MiB piece held by one peer at 20 KB/s: two faster peers that have nothing do not help
+    # (the bound said 7.8 s here, counting their upload too).
+    swarm = sole_slow_holder()
+    assert lower_bound(swarm) == pytest.approx(swarm.total_length / (20 * KB), rel=1e-3)
+    # Two pieces of 1 MB, each held by one 1 MB/s peer, beside a 10 MB/s peer that holds nothing:
+    # each holder uploads its own piece, 1 s; counting every peer's rate would say 2 MB / 12 MB/s.
+    a = PeerSpec("127.0.0.2", 1 * MB, latency=0.0, pieces=frozenset({0}))
+    b = PeerSpec("127.0.0.3", 1 * MB, latency=0.0, pieces=frozenset({1}))
+    idle = PeerSpec("127.0.0.4", 10 * MB, latency=0.0, pieces=frozenset())
+    pair = Swarm(1 * MB, 2 * MB, (a, b, idle), hash_rate=math.inf)
+    assert lower_bound(pair) == pytest.approx(1.0)
+    # A piece gained later counts as held from the start (generous), and so it adds the gainer's rate.
+    late = dataclasses.replace(b, pieces=frozenset(), gains=((5.0, 1),))
+    assert lower_bound(dataclasses.replace(pair, peers=(a, late, idle))) == pytest.approx(1.0)
+    # A piece nobody useful holds can never come.
+    mute = dataclasses.replace(b, silent=True)
+    assert lower_bound(dataclasses.replace(pair, peers=(a, mute, idle))) == math.inf
 
 
 def test_lower_bound_respects_the_disk() -> None:

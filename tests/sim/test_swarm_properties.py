@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB, MiB
 
-from .swarm import KB, MB, PeerSpec, SimResult, Swarm, lower_bound, simulate
+from .swarm import KB, MB, PeerSpec, SimResult, Swarm, lower_bound, simulate, sole_slow_holder
 
 BS = DEFAULT_CONFIG.block_size
 MAX_TOTAL = 6 * MiB  # keeps one example well under a second
@@ -117,6 +117,10 @@ def swarms(draw: st.DrawFn, *, available: bool) -> Swarm:
         hash_delay=draw(st.floats(0.0, 0.2)), reader_batch=draw(st.sampled_from([0.0, 0.005])),
         max_events=MAX_EVENTS,
     )
+    return with_time_limit(swarm)
+
+
+def with_time_limit(swarm: Swarm) -> Swarm:
     bound = lower_bound(swarm)
     limit = SLACK_FACTOR * bound + SLACK_SECONDS if math.isfinite(bound) else 120.0
     return dataclasses.replace(swarm, time_limit=limit)
@@ -147,6 +151,7 @@ def check_finishes(swarm: Swarm) -> None:
 
 @PROPERTY_SETTINGS
 @given(swarm=swarms(available=True))
+@example(swarm=with_time_limit(sole_slow_holder()))  # timeouts barred the only holder (test_swarm.py)
 def test_available_swarm_always_finishes(swarm: Swarm) -> None:
     check_finishes(swarm)
 
