@@ -813,6 +813,9 @@ class Scheduler:
                     if self._others_can_take(peer, key[0]):
                         self._bar(peer, key[0])  # the block goes to them; this peer is not asked at once
                 self._halve(peer)
+                # It is late: its pieces are others' to take first (a failed piece, fetched from one
+                # peer at a time, would otherwise wait for it until snub_timeout).
+                self._disown(peer)
                 self._dirty[peer.id] = None
             if (peer.outstanding and not peer.snubbed
                     and now - peer.last_progress >= config.snub_timeout):

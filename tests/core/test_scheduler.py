@@ -766,3 +766,31 @@ def test_peer_has_follows_bitfield_have_and_leaving() -> None:
     s.handle(m.PeerGone(0), 0.2)
     assert not s.peer_has(0, 2)  # unknown peers are never assumed to have anything
     assert not s.peer_has(7, 0)
+
+
+def test_a_failed_piece_goes_to_another_peer_when_its_fetcher_times_out() -> None:
+    # A piece that failed its hash is fetched from one peer at a time. The peer that took it went
+    # silent: its request timed out, yet it stayed the piece's owner, so the other holder sat idle
+    # until the silent one was snubbed (20 s) instead of one request timeout (found by the simulator).
+    s = make(num_pieces=1, blocks=8)
+    first = requests(join(s, 0, have_all=True), 0)
+    second = requests(join(s, 1, have_all=True), 1)
+    assert len(first) == len(second) == 4
+    deliver(s, 0, first, 0.5)
+    deliver(s, 1, second, 0.5)
+    s.handle(m.BlocksWritten(tuple(first + second)), 0.6)
+    out = s.handle(m.PieceHashed(0, False, tuple(bytes([i]) * 20 for i in range(8))), 0.7)
+    assert not [c for c in out if isinstance(c, (m.BanPeer, m.DropPeer))]  # digests will name the liar
+    fetcher = 0 if requests(out, 0) else 1
+    other = 1 - fetcher
+    retry = requests(out, fetcher)
+    assert retry and not requests(out, other)  # one peer at a time
+    out = deliver(s, fetcher, retry[:2], 1.0)  # two blocks of the retry come, then nothing more
+    assert not requests(out, other)
+    deadline = s.snapshot().peers[fetcher].request_timeout
+    assert deadline < DEFAULT_CONFIG.snub_timeout
+    out = s.handle(m.Tick(), 1.0 + deadline + 0.01)
+    assert cancels(out, fetcher)
+    assert requests(out, other), "the other holder must take the failed piece after one request timeout"
+    assert not requests(out, fetcher)
+    s.check_invariants()

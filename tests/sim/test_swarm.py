@@ -162,6 +162,30 @@ def test_silent_peers_past_their_timeout_are_routed_around() -> None:
     assert result.requests_by_ip["127.0.0.20"] > DEFAULT_CONFIG.peer_limit_initial
 
 
+def test_silent_fetcher_of_a_failed_piece_delays_it_by_at_most_its_timeout() -> None:
+    """Found by the property test (seeded run of 3,000 examples): a piece that failed its hash is fetched
+    from one peer at a time, and a silent seed (reqq 1) took it. Its request timed out at 13 s, but it
+    stayed the piece's owner, so the honest holder was kept off the piece until the silent one was
+    snubbed: no block at all from 4.0 s to 23.7 s (rule 7 allows one request timeout)."""
+    peers = (
+        PeerSpec("127.0.0.7", 1_621_438.0, latency=0.173, pieces=frozenset(), fast=True),
+        PeerSpec("127.0.0.4", 1_945_046.0, latency=0.125, sessions=((2.6146, 19.5332),), silent=True, fast=True),
+        PeerSpec("127.0.0.5", 804_661.0, latency=0.193, silent=True, reqq=1),
+        PeerSpec("127.0.0.3", 1_643_196.0, latency=0.0641, pieces=frozenset(), chokes=((23.1192, 23.3692),),
+                 fast=True, reqq=16),
+        PeerSpec("127.0.0.2", 1_219_569.0, latency=0.0943, pieces=frozenset({0, 1, 2, 3})),
+        PeerSpec("127.0.0.6", 1_708_178.0, latency=0.1609, pieces=frozenset({0, 1, 2, 3}),
+                 chokes=((2.6812, 3.7041), (19.7924, 24.4196)), corrupt=0.1359),
+    )
+    config = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=268 * DEFAULT_CONFIG.block_size)
+    swarm = Swarm(1 * MiB, 3_152_252, peers, config=config, seed=1194, disk_rate=4_708_517.0,
+                  hash_delay=0.1166, reader_batch=0.005)
+    result = simulate(swarm)
+    assert_clean(result)
+    assert result.hash_failures > 0 and "127.0.0.6" in result.banned_ips  # the retries were exercised
+    assert result.max_block_gap <= DEFAULT_CONFIG.request_timeout_initial
+
+
 def test_silent_peer_is_snubbed_after_snub_timeout() -> None:
     """DESIGN.md: a peer with requests out and no block for 20 s is snubbed (limit 1).
 
