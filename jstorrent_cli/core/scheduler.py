@@ -684,6 +684,16 @@ class Scheduler:
                 del peer.released[key]
                 asked = True
             if not asked or ap is None or ap.states[block] != REQUESTED:
+                if (asked and ap is not None and ap.states[block] == FREE and piece not in self._single_source
+                        and self._in_flight + self._waiting + length <= self._budget):
+                    # A late copy of a released request (timeout, choke, cut) whose block nobody holds
+                    # now: still wanted, so it is taken (not on a piece fetched from one peer at a time).
+                    picker.receive_free(ap, block, peer.id, peer.ip)
+                    self._waiting += length
+                    writes.append(entry)
+                    if picker.free_blocks == 0:
+                        self._wake = True  # endgame began: hungry peers may now duplicate
+                    continue
                 # A late copy (endgame, or released and served elsewhere) or data never asked of this
                 # peer: dropped and counted as waste (invariant 5), even while another peer holds the
                 # block requested (that peer's copy is the one we asked for; unsolicited data is not

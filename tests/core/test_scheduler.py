@@ -794,3 +794,28 @@ def test_a_failed_piece_goes_to_another_peer_when_its_fetcher_times_out() -> Non
     assert requests(out, other), "the other holder must take the failed piece after one request timeout"
     assert not requests(out, fetcher)
     s.check_invariants()
+
+
+def test_a_late_block_of_a_timed_out_request_is_taken_while_nobody_holds_it() -> None:
+    # docs/reliability.md: a released request's late copy "is written if the block is still wanted".
+    # It was only written while another peer held the block; a FREE block (the others had no spare
+    # slot to take it yet) was thrown away as waste and had to be fetched again.
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=2, request_timeout_initial=5.0,
+                                 endgame_max_dups=1)
+    s = make(num_pieces=1, blocks=8, config=config)
+    slow = requests(join(s, 0, have_all=True), 0)
+    busy = requests(join(s, 1, now=1.0, have_all=True), 1)  # full: its two slots are taken
+    out = s.handle(m.Tick(), 5.0)  # peer 0's requests time out; peer 1 could take them, but not yet
+    assert sorted(cancels(out, 0)) == sorted(slow) and s.is_barred(0, 0)
+    assert not requests(out) and not s.holders(*slow[0][:2])  # FREE: nobody holds it
+    out = deliver(s, 0, slow[:1], 5.1)  # its copy was already on the wire
+    assert [c for c in out if isinstance(c, m.WriteBlocks)], "a wanted late block was thrown away"
+    assert s.snapshot().wasted_bytes == 0
+    assert s.snapshot().bytes_waiting_for_disk == slow[0][2]
+    out = deliver(s, 1, busy, 5.2)
+    assert slow[0] not in requests(out, 1) and slow[1] in requests(out, 1)  # the taken block is not asked again
+    s.check_invariants()
+    # The same late copy again (a second copy, or one from another attempt) is waste, never a second write.
+    out = deliver(s, 0, slow[:1], 5.3)
+    assert not [c for c in out if isinstance(c, m.WriteBlocks)] and s.snapshot().wasted_bytes == slow[0][2]
+    s.check_invariants()
