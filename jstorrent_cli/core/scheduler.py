@@ -37,7 +37,9 @@ Per-peer limit: slow start from ``peer_limit_initial``, +1 per block; once the m
 queue holds ``peer_queue_seconds`` of data, the limit follows ``rate x peer_queue_seconds / block``
 (still at most +1 per block), clamped to ``[peer_limit_min, min(peer_limit_max, reqq)]``. A choke, a
 timeout or a reject halves it; a peer with requests out and no block for ``snub_timeout`` is snubbed
-(limit 1). A reject or a timeout also keeps that peer off that piece for ``piece_retry_delay``.
+(limit 1). A reject or a timeout also keeps that peer off that piece for ``piece_retry_delay`` (a
+timeout only while another peer could take the piece); a timeout also gives up its pieces' affinity.
+A request's deadline runs from when it was sent or the peer's last block came, whichever is later.
 A rate drop never cancels requests: the limit just stays at the outstanding count until it drains.
 
 Endgame is derived: when no FREE block is left in any wanted piece, a peer with spare slots duplicates
