@@ -427,6 +427,18 @@ class Picker:
         self.dupable.pop((ap.index, block), None)
         return holders
 
+    def receive_free(self, ap: ActivePiece, block: int, peer: PeerId, ip: str) -> None:
+        """FREE -> RECEIVED: a late copy of a request released from `peer`, while nobody holds the block."""
+        assert ap.states[block] == FREE
+        ap.states[block] = RECEIVED
+        ap.n_free -= 1
+        self.free_blocks -= 1
+        ap.n_received += 1
+        ap.contributors[block] = (peer, ip)
+        if ap.n_free == 0:
+            self.partial.pop(ap.index, None)
+            self.orphans.pop(ap.index, None)
+
     def written(self, ap: ActivePiece, block: int) -> bool:
         """RECEIVED -> WRITTEN. True when the whole piece is on disk (it now awaits its hash)."""
         ap.states[block] = WRITTEN

@@ -37,7 +37,9 @@ Per-peer limit: slow start from ``peer_limit_initial``, +1 per block; once the m
 queue holds ``peer_queue_seconds`` of data, the limit follows ``rate x peer_queue_seconds / block``
 (still at most +1 per block), clamped to ``[peer_limit_min, min(peer_limit_max, reqq)]``. A choke, a
 timeout or a reject halves it; a peer with requests out and no block for ``snub_timeout`` is snubbed
-(limit 1). A reject or a timeout also keeps that peer off that piece for ``piece_retry_delay``.
+(limit 1). A reject or a timeout also keeps that peer off that piece for ``piece_retry_delay`` (a
+timeout only while another peer could take the piece); a timeout also gives up its pieces' affinity.
+A request's deadline runs from when it was sent or the peer's last block came, whichever is later.
 A rate drop never cancels requests: the limit just stays at the outstanding count until it drains.
 
 Endgame is derived: when no FREE block is left in any wanted piece, a peer with spare slots duplicates
@@ -203,6 +205,8 @@ class _Peer:
         "id",
         "idle_reason",
         "ip",
+        "last_block_at",
+        "last_block_sent",
         "last_progress",
         "limit",
         "limit_cap",
@@ -250,6 +254,10 @@ class _Peer:
         self.rtt_mean: float | None = None
         self.rtt_dev = 0.0
         self.last_progress = now
+        # When its last requested block arrived, and when the latest-sent request of that batch was sent:
+        # a peer serves its queue in order, so a request's deadline runs from when it reached the head.
+        self.last_block_at = now
+        self.last_block_sent = now
         self.idle_reason: str | None = IDLE_CHOKED
         self.bytes_received = 0
         self.wasted_bytes = 0
@@ -655,6 +663,7 @@ class Scheduler:
         per_piece = picker.blocks_per_piece
         samples: list[float] = []  # request-to-block times, applied once for the batch (_progress)
         window_marks: list[int] = []  # the peer's window bytes at its first two samples
+        latest_sent = peer.last_block_sent
         for entry in fact.blocks:
             piece, begin, data = entry
             length = len(data)
@@ -676,12 +685,24 @@ class Scheduler:
             asked = sent is not None
             if sent is not None:
                 samples.append(now - sent)
+                if sent > latest_sent:
+                    latest_sent = sent
                 if len(window_marks) < 2:
                     window_marks.append(peer.win_bytes)
             elif key in peer.released:  # released (choke, timeout, cut) while the block was on the wire
                 del peer.released[key]
                 asked = True
             if not asked or ap is None or ap.states[block] != REQUESTED:
+                if (asked and ap is not None and ap.states[block] == FREE and piece not in self._single_source
+                        and self._in_flight + self._waiting + length <= self._budget):
+                    # A late copy of a released request (timeout, choke, cut) whose block nobody holds
+                    # now: still wanted, so it is taken (not on a piece fetched from one peer at a time).
+                    picker.receive_free(ap, block, peer.id, peer.ip)
+                    self._waiting += length
+                    writes.append(entry)
+                    if picker.free_blocks == 0:
+                        self._wake = True  # endgame began: hungry peers may now duplicate
+                    continue
                 # A late copy (endgame, or released and served elsewhere) or data never asked of this
                 # peer: dropped and counted as waste (invariant 5), even while another peer holds the
                 # block requested (that peer's copy is the one we asked for; unsolicited data is not
@@ -702,6 +723,8 @@ class Scheduler:
             self._out.append(WriteBlocks(tuple(writes)))
         if peer.id in self._peers:
             if samples:
+                peer.last_block_at = now
+                peer.last_block_sent = latest_sent
                 self._progress(peer, samples, window_marks)
             self._dirty[peer.id] = None
 
@@ -789,8 +812,16 @@ class Scheduler:
                 continue
             deadline = self._deadline(peer)
             expired = []
+            # A peer serves its requests in order: one waiting behind others that are still arriving is
+            # not late. Its clock starts when it was sent or when the peer's last block came, whichever
+            # is later; a request sent before a block that already came was skipped: its clock is from
+            # when it was sent. (Those starts never decrease along `outstanding`, so stop at the first
+            # request in time.)
+            served_at = peer.last_block_at
+            served_sent = peer.last_block_sent
             for key, sent in peer.outstanding.items():
-                if now - sent < deadline:
+                start = sent if sent < served_sent else max(sent, served_at)
+                if now - start < deadline:
                     break
                 expired.append(key)
             if expired:
@@ -798,8 +829,12 @@ class Scheduler:
                 for key in expired:
                     self._release(peer, key)
                     self._cancel(peer, key)
-                    self._bar(peer, key[0])
+                    if self._others_can_take(peer, key[0]):
+                        self._bar(peer, key[0])  # the block goes to them; this peer is not asked at once
                 self._halve(peer)
+                # It is late: its pieces are others' to take first (a failed piece, fetched from one
+                # peer at a time, would otherwise wait for it until snub_timeout).
+                self._disown(peer)
                 self._dirty[peer.id] = None
             if (peer.outstanding and not peer.snubbed
                     and now - peer.last_progress >= config.snub_timeout):
@@ -829,6 +864,22 @@ class Scheduler:
             owner = self._peers.get(ap.owner) if ap.owner is not None else None
             if owner is not None and piece in self.picker.active:
                 owner.own[piece] = None
+
+    def _others_can_take(self, peer: _Peer, piece: int) -> bool:
+        """Another peer could be asked for this piece now (it has it, does not choke us, is not barred).
+
+        A timeout bars the peer from the piece only then: barring the only peer that can serve a piece
+        does not get its blocks elsewhere, it only stops the download for piece_retry_delay.
+        """
+        now = self._now
+        for other in self._peers.values():
+            if other is peer or not other.pieces.has(piece):
+                continue
+            if other.peer_choking and not (other.fast and piece in other.allowed_fast):
+                continue
+            if not (other.bars and _is_barred(other.bars, piece, now)):
+                return True
+        return False
 
     def _bar(self, peer: _Peer, piece: int) -> None:
         until = self._now + self.config.piece_retry_delay

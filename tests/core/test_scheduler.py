@@ -144,15 +144,84 @@ def test_timeout_releases_cancels_bars_and_halves() -> None:
     s = make(num_pieces=4, config=config)
     held = requests(join(s, 0, have_all=True), 0)
     assert len(held) == 8
+    join(s, 1, now=1.0, have_all=True)  # another holder the timed-out blocks can go to
     out = s.handle(m.Tick(), 4.9)
     assert not cancels(out)
     out = s.handle(m.Tick(), 5.0)
     assert sorted(cancels(out, 0)) == sorted(held)  # every request timed out together
     assert all(s.is_barred(0, p) for p, _, _ in held)
     snap = s.snapshot()
-    assert snap.peers[0].limit == 4 and snap.bytes_in_flight == sum(n for _, _, n in requests(out, 0))
+    assert snap.peers[0].limit == 4 and snap.peers[0].outstanding == len(requests(out, 0))
     # the peer is not asked for the same pieces again at once
     assert not {p for p, _, _ in requests(out, 0)} & {p for p, _, _ in held}
+
+
+def test_requests_queued_behind_arriving_blocks_do_not_time_out() -> None:
+    # A peer serves its requests in order, one block every 0.8 s: the fourth request waits 3.2 s for
+    # its turn, past a 2 s deadline, yet the peer is never late. Timing it out threw its block away
+    # when it came (the request was released) and, for a sole holder, barred the piece for 10 s.
+    config = dataclasses.replace(DEFAULT_CONFIG, request_timeout_initial=2.0, request_timeout_min=2.0,
+                                 request_timeout_max=2.0)
+    s = make(num_pieces=4, blocks=16, config=config)
+    queue = requests(join(s, 0, have_all=True), 0)
+    assert len(queue) == config.peer_limit_initial
+    now = 0.0
+    for _ in range(40):
+        for _ in range(4):  # Ticks between two blocks
+            now += 0.2
+            out = s.handle(m.Tick(), now)
+            assert not cancels(out), f"a request timed out at {now:.1f} s while its peer was delivering"
+            queue += requests(out, 0)
+        out = deliver(s, 0, queue[:1], now)
+        queue = queue[1:] + requests(out, 0)
+        s.check_invariants()
+    assert s.snapshot().wasted_bytes == 0
+    # The peer stops: its requests time out one deadline after its last block, not later.
+    last = now
+    assert not cancels(s.handle(m.Tick(), last + 1.9))
+    assert sorted(cancels(s.handle(m.Tick(), last + 2.05), 0)) == sorted(queue)
+
+
+def test_a_request_the_peer_skipped_times_out_from_when_it_was_sent() -> None:
+    # The peer answers a later request but not an earlier one: the earlier one is not waiting for its
+    # turn any more, so later blocks do not keep it alive.
+    config = dataclasses.replace(DEFAULT_CONFIG, request_timeout_initial=2.0, request_timeout_min=2.0,
+                                 request_timeout_max=2.0)
+    s = make(num_pieces=4, blocks=16, config=config)
+    first, *rest = requests(join(s, 0, have_all=True), 0)
+    now = 0.0
+    queue = rest
+    while now < 1.9:
+        now += 0.5
+        out = deliver(s, 0, queue[:1], now)  # `first` never comes
+        queue = queue[1:] + requests(out, 0)
+    assert first in s.outstanding(0)
+    assert first in cancels(s.handle(m.Tick(), 2.0), 0)
+
+
+def test_the_only_holder_is_asked_again_at_once_after_a_timeout() -> None:
+    # Barring a timed-out peer from a piece lets others take its blocks; when no other peer can, it
+    # only stopped the download for piece_retry_delay (a sole slow holder sat idle 10 s per timeout).
+    config = dataclasses.replace(DEFAULT_CONFIG, request_timeout_initial=5.0)
+    s = make(num_pieces=1, blocks=8, config=config)
+    held = requests(join(s, 0, have_all=True), 0)
+    join(s, 1, unchoke=False, have_all=True)  # a holder that chokes us cannot take them
+    join(s, 2, bitfield=bitfield(1, set()))  # unchokes us, has nothing
+    out = s.handle(m.Tick(), 5.0)
+    assert sorted(cancels(out, 0)) == sorted(held)
+    assert not s.is_barred(0, 0)
+    again = requests(out, 0)
+    assert again and set(again) <= set(held)  # halved limit, same blocks, from the same peer, at once
+    s.check_invariants()
+    # Once another holder unchokes us, a timeout bars the peer again and the blocks go to the other.
+    out = s.handle(m.Unchoked(1), 5.5)
+    late = s.outstanding(0)
+    out = s.handle(m.Tick(), 10.0)
+    assert sorted(cancels(out, 0)) == sorted(late)
+    assert s.is_barred(0, 0) and not requests(out, 0)
+    out = deliver(s, 1, list(s.outstanding(1))[:1], 10.1)
+    assert set(late) & set(requests(out, 1))
+    s.check_invariants()
 
 
 def test_adaptive_deadline_follows_request_times() -> None:
@@ -697,3 +766,56 @@ def test_peer_has_follows_bitfield_have_and_leaving() -> None:
     s.handle(m.PeerGone(0), 0.2)
     assert not s.peer_has(0, 2)  # unknown peers are never assumed to have anything
     assert not s.peer_has(7, 0)
+
+
+def test_a_failed_piece_goes_to_another_peer_when_its_fetcher_times_out() -> None:
+    # A piece that failed its hash is fetched from one peer at a time. The peer that took it went
+    # silent: its request timed out, yet it stayed the piece's owner, so the other holder sat idle
+    # until the silent one was snubbed (20 s) instead of one request timeout (found by the simulator).
+    s = make(num_pieces=1, blocks=8)
+    first = requests(join(s, 0, have_all=True), 0)
+    second = requests(join(s, 1, have_all=True), 1)
+    assert len(first) == len(second) == 4
+    deliver(s, 0, first, 0.5)
+    deliver(s, 1, second, 0.5)
+    s.handle(m.BlocksWritten(tuple(first + second)), 0.6)
+    out = s.handle(m.PieceHashed(0, False, tuple(bytes([i]) * 20 for i in range(8))), 0.7)
+    assert not [c for c in out if isinstance(c, (m.BanPeer, m.DropPeer))]  # digests will name the liar
+    fetcher = 0 if requests(out, 0) else 1
+    other = 1 - fetcher
+    retry = requests(out, fetcher)
+    assert retry and not requests(out, other)  # one peer at a time
+    out = deliver(s, fetcher, retry[:2], 1.0)  # two blocks of the retry come, then nothing more
+    assert not requests(out, other)
+    deadline = s.snapshot().peers[fetcher].request_timeout
+    assert deadline < DEFAULT_CONFIG.snub_timeout
+    out = s.handle(m.Tick(), 1.0 + deadline + 0.01)
+    assert cancels(out, fetcher)
+    assert requests(out, other), "the other holder must take the failed piece after one request timeout"
+    assert not requests(out, fetcher)
+    s.check_invariants()
+
+
+def test_a_late_block_of_a_timed_out_request_is_taken_while_nobody_holds_it() -> None:
+    # docs/reliability.md: a released request's late copy "is written if the block is still wanted".
+    # It was only written while another peer held the block; a FREE block (the others had no spare
+    # slot to take it yet) was thrown away as waste and had to be fetched again.
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=2, request_timeout_initial=5.0,
+                                 endgame_max_dups=1)
+    s = make(num_pieces=1, blocks=8, config=config)
+    slow = requests(join(s, 0, have_all=True), 0)
+    busy = requests(join(s, 1, now=1.0, have_all=True), 1)  # full: its two slots are taken
+    out = s.handle(m.Tick(), 5.0)  # peer 0's requests time out; peer 1 could take them, but not yet
+    assert sorted(cancels(out, 0)) == sorted(slow) and s.is_barred(0, 0)
+    assert not requests(out) and not s.holders(*slow[0][:2])  # FREE: nobody holds it
+    out = deliver(s, 0, slow[:1], 5.1)  # its copy was already on the wire
+    assert [c for c in out if isinstance(c, m.WriteBlocks)], "a wanted late block was thrown away"
+    assert s.snapshot().wasted_bytes == 0
+    assert s.snapshot().bytes_waiting_for_disk == slow[0][2]
+    out = deliver(s, 1, busy, 5.2)
+    assert slow[0] not in requests(out, 1) and slow[1] in requests(out, 1)  # the taken block is not asked again
+    s.check_invariants()
+    # The same late copy again (a second copy, or one from another attempt) is waste, never a second write.
+    out = deliver(s, 0, slow[:1], 5.3)
+    assert not [c for c in out if isinstance(c, m.WriteBlocks)] and s.snapshot().wasted_bytes == slow[0][2]
+    s.check_invariants()

@@ -50,11 +50,11 @@ def test_block_requested_of_another_peer_is_waste_when_an_unasked_peer_sends_it(
 def test_block_released_by_a_timeout_is_still_taken_from_its_peer() -> None:
     """The other side of the rule: the peer *was* asked; its copy arriving after the release, while
     another peer now holds the block, is written (and that peer is cancelled)."""
-    s = make(num_pieces=1, blocks=2)
+    s = make(num_pieces=1, blocks=2, config=dataclasses.replace(DEFAULT_CONFIG, endgame_max_dups=1))
     held = requests(join(s, 0, have_all=True), 0)
-    s.handle(m.Tick(), 30.0)  # past request_timeout_initial: released, CANCEL sent
+    join(s, 1, have_all=True, now=1.0)  # idle: everything is requested and there is no endgame
+    again = requests(s.handle(m.Tick(), 30.0), 1)  # past request_timeout_initial: released, CANCEL sent
     assert not s.outstanding(0)
-    again = requests(join(s, 1, have_all=True, now=30.0), 1)
     assert held[0] in again
     out = deliver(s, 0, held[:1], 30.1)
     assert [c for c in out if isinstance(c, m.WriteBlocks)]

@@ -32,6 +32,7 @@ from .swarm import (
     lower_bound,
     many_peers,
     simulate,
+    sole_slow_holder,
 )
 
 SEED = 1
@@ -40,6 +41,8 @@ EQUAL_PEERS_TARGET = 1.10
 FAST_AND_SLOW_TARGET = 1.25
 # Every other scenario: a regression ceiling (all measured near 1.01; see docs/design/sim-results.md).
 SCENARIO_CEILING = 1.25
+# One slow peer holding everything, delivering steadily: nothing but its own pace limits the download.
+SOLE_HOLDER_TARGET = 1.01
 # Longest pause between two arriving blocks in a steady swarm of equal seeds (measured 0.06 s; the
 # handshake before the first block is 4 one-way latencies, at most 0.32 s here).
 STEADY_MAX_GAP = 0.5
@@ -159,6 +162,30 @@ def test_silent_peers_past_their_timeout_are_routed_around() -> None:
     assert result.requests_by_ip["127.0.0.20"] > DEFAULT_CONFIG.peer_limit_initial
 
 
+def test_silent_fetcher_of_a_failed_piece_delays_it_by_at_most_its_timeout() -> None:
+    """Found by the property test (seeded run of 3,000 examples): a piece that failed its hash is fetched
+    from one peer at a time, and a silent seed (reqq 1) took it. Its request timed out at 13 s, but it
+    stayed the piece's owner, so the honest holder was kept off the piece until the silent one was
+    snubbed: no block at all from 4.0 s to 23.7 s (rule 7 allows one request timeout)."""
+    peers = (
+        PeerSpec("127.0.0.7", 1_621_438.0, latency=0.173, pieces=frozenset(), fast=True),
+        PeerSpec("127.0.0.4", 1_945_046.0, latency=0.125, sessions=((2.6146, 19.5332),), silent=True, fast=True),
+        PeerSpec("127.0.0.5", 804_661.0, latency=0.193, silent=True, reqq=1),
+        PeerSpec("127.0.0.3", 1_643_196.0, latency=0.0641, pieces=frozenset(), chokes=((23.1192, 23.3692),),
+                 fast=True, reqq=16),
+        PeerSpec("127.0.0.2", 1_219_569.0, latency=0.0943, pieces=frozenset({0, 1, 2, 3})),
+        PeerSpec("127.0.0.6", 1_708_178.0, latency=0.1609, pieces=frozenset({0, 1, 2, 3}),
+                 chokes=((2.6812, 3.7041), (19.7924, 24.4196)), corrupt=0.1359),
+    )
+    config = dataclasses.replace(DEFAULT_CONFIG, max_unflushed_bytes=268 * DEFAULT_CONFIG.block_size)
+    swarm = Swarm(1 * MiB, 3_152_252, peers, config=config, seed=1194, disk_rate=4_708_517.0,
+                  hash_delay=0.1166, reader_batch=0.005)
+    result = simulate(swarm)
+    assert_clean(result)
+    assert result.hash_failures > 0 and "127.0.0.6" in result.banned_ips  # the retries were exercised
+    assert result.max_block_gap <= DEFAULT_CONFIG.request_timeout_initial
+
+
 def test_silent_peer_is_snubbed_after_snub_timeout() -> None:
     """DESIGN.md: a peer with requests out and no block for 20 s is snubbed (limit 1).
 
@@ -185,6 +212,17 @@ def test_very_slow_peer_does_not_hold_the_tail() -> None:
     assert_clean(result)
     assert result.requests_by_ip["127.0.0.3"] > 0
     assert result.ratio <= FAST_AND_SLOW_TARGET
+
+
+def test_slow_sole_holder_is_not_timed_out_while_it_delivers() -> None:
+    # Found by the property test: the only holder of the only piece served 20 KB/s; requests waiting
+    # behind its own blocks passed the 2 s deadline, each timeout threw its late block away and barred
+    # the holder from the piece for 10 s: not verified after 455 s, 409,574 bytes wasted. Its blocks
+    # come steadily, so nothing may time out, and it must go at its own pace (4 MiB / 20 KB/s = 210 s).
+    result = scenario("1 slow sole holder")
+    assert_clean(result)
+    assert result.cancels_sent == 0 and result.wasted_bytes == 0
+    assert result.ratio <= SOLE_HOLDER_TARGET, f"{result.finish_time:.1f} s = {result.ratio:.3f} x bound"
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -261,6 +299,26 @@ def test_lower_bound_counts_only_connected_unchoking_honest_peers() -> None:
     # A peer that lies only sometimes may deliver good blocks: it counts (a bound must not overestimate).
     flaky = PeerSpec("127.0.0.5", 1 * MB, latency=0.0, corrupt=0.5)
     assert lower_bound(dataclasses.replace(base, peers=(peer, flaky))) < 14.0
+
+
+def test_lower_bound_counts_only_the_peers_that_hold_each_piece() -> None:
+    # One 4 MiB piece held by one peer at 20 KB/s: two faster peers that have nothing do not help
+    # (the bound said 7.8 s here, counting their upload too).
+    swarm = sole_slow_holder()
+    assert lower_bound(swarm) == pytest.approx(swarm.total_length / (20 * KB), rel=1e-3)
+    # Two pieces of 1 MB, each held by one 1 MB/s peer, beside a 10 MB/s peer that holds nothing:
+    # each holder uploads its own piece, 1 s; counting every peer's rate would say 2 MB / 12 MB/s.
+    a = PeerSpec("127.0.0.2", 1 * MB, latency=0.0, pieces=frozenset({0}))
+    b = PeerSpec("127.0.0.3", 1 * MB, latency=0.0, pieces=frozenset({1}))
+    idle = PeerSpec("127.0.0.4", 10 * MB, latency=0.0, pieces=frozenset())
+    pair = Swarm(1 * MB, 2 * MB, (a, b, idle), hash_rate=math.inf)
+    assert lower_bound(pair) == pytest.approx(1.0)
+    # A piece gained later counts as held from the start (generous), and so it adds the gainer's rate.
+    late = dataclasses.replace(b, pieces=frozenset(), gains=((5.0, 1),))
+    assert lower_bound(dataclasses.replace(pair, peers=(a, late, idle))) == pytest.approx(1.0)
+    # A piece nobody useful holds can never come.
+    mute = dataclasses.replace(b, silent=True)
+    assert lower_bound(dataclasses.replace(pair, peers=(a, mute, idle))) == math.inf
 
 
 def test_lower_bound_respects_the_disk() -> None:
