@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from jstorrent_cli.config import DEFAULT_CONFIG, Config, KiB
+from jstorrent_cli.config import Config, KiB
 from jstorrent_cli.core import messages as m
 from jstorrent_cli.core import wire
 from jstorrent_cli.core.diagnose import Reason, StallReport, report_lines, report_record
@@ -278,14 +278,15 @@ def test_a_limiter_in_debt_with_nothing_in_flight_is_not_called_the_cause() -> N
     when a request takes from it) stayed negative; and named the peer idle because "everything it has is
     requested from others". With nothing in flight the limiter holds nothing back: the pieces are waiting on
     the timed-out peer, and its idle reason says so."""
-    from tests.core.test_diagnose import join, make, name, peer_names, report_of
+    from tests.core.test_diagnose import join, make, name, peer_names, report_of, requested
 
-    config = DEFAULT_CONFIG
     s = make(num_pieces=1, blocks=4)
-    join(s, 0, unchoke=True)
-    s.handle(m.Tick(), config.request_timeout_initial + 1.0)  # every request timed out: the piece is barred
+    for ref in requested(join(s, 0, unchoke=True), 0):
+        if ref in s.outstanding(0):  # it rejects them all: the piece is barred for it, nothing is in flight
+            s.handle(m.RequestRejected(0, *ref), 1.0)
+    # (A timeout no longer bars the only holder: it is asked again at once. A reject still bars.)
     assert s.is_barred(0, 0) and s.snapshot().bytes_in_flight == 0
-    report = report_of(s, config.request_timeout_initial + 2.0, rate_limited=True, stalled_for=8.0)
+    report = report_of(s, 2.0, rate_limited=True, stalled_for=8.0)
     assert report.count(Reason.RATE_LIMITED) == 0 and "--max-download-limit" not in report.most_likely_cause
     assert report.cause is Reason.REQUESTED_SLOW and peer_names(report, Reason.REQUESTED_SLOW) == {name(0)}
     assert [p.reason for p in report.idle_peers] == [IDLE_BARRED]
