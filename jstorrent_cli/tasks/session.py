@@ -80,10 +80,10 @@ from jstorrent_cli.tasks.scheduler_task import SchedulerActor, ticker
 from jstorrent_cli.tasks.storage import Storage, storage_files
 from jstorrent_cli.tasks.tracker import (
     Announcer,
+    LazyHttpClient,
     TrackerClient,
     TrackerStatus,
     TrackerTiers,
-    open_http_client,
 )
 from jstorrent_cli.ui import piecemap
 from jstorrent_cli.ui.format import format_rate, format_size
@@ -705,7 +705,7 @@ class _Session:
             manager.add_addresses(self.initial_peers)
             http = None
             if torrent.trackers:
-                http = open_http_client(config, local_address=local)
+                http = LazyHttpClient(config, local_address=local)  # httpx loads at the first HTTP announce
                 client = TrackerClient(http, config, udp_local_host=local)
                 self.announcer = Announcer(TrackerTiers(torrent.trackers, self.rng), client.announce,
                                            self.announce_request, manager.add_addresses, config)

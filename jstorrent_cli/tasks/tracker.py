@@ -29,10 +29,9 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from jstorrent_cli import __version__
@@ -58,6 +57,12 @@ from jstorrent_cli.core.announce import (
 )
 from jstorrent_cli.errors import TrackerError
 
+if TYPE_CHECKING:
+    # httpx is imported when an HTTP(S) tracker is first announced to (LazyHttpClient), not here: it
+    # costs about 90 ms of start-up (it loads rich, pygments and click for its own command line),
+    # which a download from UDP trackers or from --peer addresses only never needs.
+    import httpx
+
 log = logging.getLogger("jstorrent.tracker")
 
 _T = TypeVar("_T")
@@ -77,6 +82,8 @@ def open_http_client(config: Config, *, local_address: str | None = None, trust_
     `local_address` binds outgoing connections to one of our addresses (BEP 7: announce from the
     address we listen on).
     """
+    import httpx  # at first use (see the imports at the top)
+
     transport = httpx.AsyncHTTPTransport(local_address=local_address, retries=0)
     return httpx.AsyncClient(
         transport=transport,
@@ -108,6 +115,8 @@ async def _read_capped(client: httpx.AsyncClient, target: str, cap: int) -> tupl
 
 async def announce_http(client: httpx.AsyncClient, url: str, req: AnnounceRequest, config: Config) -> AnnounceResponse:
     """One HTTP(S) announce, bounded by Config.tracker_timeout. Raises TrackerError on any failure."""
+    import httpx  # loaded already by the client's creation (open_http_client); a dictionary look-up
+
     target = build_http_url(url, req)
     try:
         with trio.fail_after(config.tracker_timeout):
@@ -242,12 +251,38 @@ async def announce_udp(
         raise TrackerError(f"UDP announce failed: {err.strerror or err}") from None
 
 
+class LazyHttpClient:
+    """open_http_client's client, made (and httpx imported) only when an HTTP tracker is first
+    announced to; `aclose` closes it if it was made."""
+
+    def __init__(self, config: Config, *, local_address: str | None = None, trust_env: bool = True) -> None:
+        self._config = config
+        self._local_address = local_address
+        self._trust_env = trust_env
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._client is not None
+
+    def get(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = open_http_client(self._config, local_address=self._local_address,
+                                            trust_env=self._trust_env)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
 class TrackerClient:
-    """Announces to one URL of any supported scheme; keeps each UDP tracker's connection id."""
+    """Announces to one URL of any supported scheme; keeps each UDP tracker's connection id.
+    `http` is a client, or a LazyHttpClient that makes one at the first HTTP announce."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | LazyHttpClient,
         config: Config,
         *,
         randbytes: RandBytes = secrets.token_bytes,
@@ -266,7 +301,8 @@ class TrackerClient:
             raise TrackerError(f"bad tracker URL {url!r}: {err}") from None
         scheme = parts.scheme.lower()
         if scheme in ("http", "https"):
-            return await announce_http(self.http, url, req, self.config)
+            http = self.http.get() if isinstance(self.http, LazyHttpClient) else self.http
+            return await announce_http(http, url, req, self.config)
         if scheme == "udp":
             netloc = parts.netloc.lower()
             state = self._udp_states.setdefault(netloc, UdpTrackerState(self.config))

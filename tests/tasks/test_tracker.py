@@ -31,6 +31,7 @@ from jstorrent_cli.core.announce import (
 from jstorrent_cli.errors import TrackerError
 from jstorrent_cli.tasks.tracker import (
     Announcer,
+    LazyHttpClient,
     TrackerClient,
     TrackerTiers,
     announce_http,
@@ -431,6 +432,27 @@ async def test_tracker_client_dispatches_by_scheme(autojump_clock: trio.testing.
             with pytest.raises(TrackerError, match="unsupported"):
                 await client.announce("wss://tracker.example/announce", make_request())
     assert tracker.connects == 1  # one connection id per tracker address, whatever the path
+
+
+async def test_lazy_http_client_is_made_at_the_first_http_announce_only() -> None:
+    async def respond(stream: trio.SocketStream, target: str) -> None:
+        await send_response(stream, ok_body())
+
+    with trio.fail_after(60):
+        lazy = LazyHttpClient(CONFIG, trust_env=False)
+        client = TrackerClient(lazy, CONFIG)
+        async with udp_tracker(FakeUdpTracker()) as tracker:
+            await client.announce(udp_url(tracker), make_request())
+        assert not lazy.opened  # UDP trackers only: no HTTP client (and no httpx import) was needed
+        await lazy.aclose()  # closing one never made is a no-op
+        async with http_tracker(respond) as server:
+            response = await client.announce(server.url, make_request())
+            assert lazy.opened
+            first = lazy.get()
+            await client.announce(server.url, make_request())
+            assert lazy.get() is first  # one client (one connection pool) for every HTTP announce
+        await lazy.aclose()
+    assert response.peers == (("10.0.0.1", 6881),)
 
 
 # --- tiers ---------------------------------------------------------------------------------------
