@@ -193,8 +193,6 @@ class Config:
     max_download_rate: int = 0
     # A limited bucket holds at most this many seconds of its rate (the largest burst allowed).
     rate_limit_burst: float = 1.0
-    # At exit, how often we look whether the `completed` announce got through (bounded by the stopped deadline).
-    completed_poll_interval: float = 0.05
     # Queued upload requests read from disk together and sent in one write (fewer loop wakeups per block):
     # 64 blocks = 1 MiB, one read hop and one send (16 gave 4x the hops; demo A/B in docs/performance.md).
     upload_batch_blocks: int = 64

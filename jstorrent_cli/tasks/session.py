@@ -603,7 +603,7 @@ class _Session:
             return
         with trio.move_on_after(self.config.stopped_announce_deadline):
             while (announcer.status.last_success_at or 0.0) < finished_at and not announcer.status.consecutive_failures:
-                await trio.sleep(self.config.completed_poll_interval)
+                await announcer.round_ended()  # woken as the round ends, not up to a poll interval later
 
     def _bucket(self, rate: int) -> TokenBucket | None:
         if rate <= 0:

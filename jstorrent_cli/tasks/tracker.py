@@ -391,6 +391,7 @@ class Announcer:
         self._wakeup = trio.Event()
         self._stopped = False
         self._completed = False
+        self._round_ended = trio.Event()  # set (and replaced) at the end of every announce round
 
     # -- calls from the session (never block) --
 
@@ -438,8 +439,20 @@ class Announcer:
     def _request_for(self, url: str, event: AnnounceEvent | None) -> AnnounceRequest:
         return dataclasses.replace(self._request(), event=event, tracker_id=self._tracker_ids.get(url))
 
+    async def round_ended(self) -> None:
+        """Return when the announce round under way (or the next one) has ended, answered or not:
+        the session waits on this for its `completed` to get through, instead of polling `status`."""
+        await self._round_ended.wait()
+
     async def announce_once(self) -> bool:
         """One announce round: the trackers in BEP 12 order until one answers. True if one did."""
+        try:
+            return await self._announce_round()
+        finally:
+            self._round_ended.set()
+            self._round_ended = trio.Event()
+
+    async def _announce_round(self) -> bool:
         event = self._pending_event
         self._announce_now = False
         self._dry_since = None

@@ -628,6 +628,42 @@ async def test_download_completed_is_announced_at_once(autojump_clock: trio.test
     ]
 
 
+async def test_round_ended_wakes_at_the_end_of_each_round_answered_or_not(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The session waits on round_ended() for its `completed` to get through: it must wake when the
+    # round ends (a slow tracker's 0.37 s, or the failure of every tier), not at a polling step.
+    answered = 0
+
+    def slow_then_down(req: AnnounceRequest) -> AnnounceResponse:
+        nonlocal answered
+        answered += 1
+        if req.event is AnnounceEvent.COMPLETED:
+            raise TrackerError("down")
+        return AnnounceResponse(interval=1800.0, min_interval=None, peers=())
+
+    fake = FakeTrackers({"t": slow_then_down})
+    inner = fake.announce
+
+    async def slow(url: str, req: AnnounceRequest) -> AnnounceResponse:
+        await trio.sleep(0.37)
+        return await inner(url, req)
+
+    announcer = Announcer(TrackerTiers([["t"]], random.Random(0)), slow, make_request, lambda peers: None, CONFIG)
+    ended: list[tuple[float, int, int]] = []
+    with trio.fail_after(10_000):
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(announcer.run)
+            await announcer.round_ended()  # the `started` round
+            ended.append((trio.current_time() - start, answered, announcer.status.consecutive_failures))
+            await trio.sleep(5)
+            announcer.download_completed()
+            await announcer.round_ended()  # the `completed` round, which fails
+            ended.append((trio.current_time() - start, answered, announcer.status.consecutive_failures))
+            nursery.cancel_scope.cancel()
+    assert [(round(at, 6), n, failures) for at, n, failures in ended] == [(0.37, 1, 0), (5.74, 2, 1)]  # 5.37 + 0.37
+
+
 async def test_final_stopped_is_bounded_by_its_deadline(autojump_clock: trio.testing.MockClock) -> None:
     config = dataclasses.replace(CONFIG, stopped_announce_deadline=3.0)
     fake = FakeTrackers({"t": answer()})
