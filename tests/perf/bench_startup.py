@@ -7,17 +7,26 @@ network or disk work. With `--alt COMMAND` (another checkout's `.venv/bin/jstorr
 interleaved and both medians printed. `--modules` also lists which heavy third-party packages were
 imported (rich, httpx, pygments, hypothesis: none of them is needed before a download starts).
 
+It also times the first announce: `get --quiet` of a small torrent whose HTTP tracker is a listening
+socket of this script; the figure is from spawn to the tracker's accept of the connection (imports,
+session set-up, the HTTP client), then the client is killed.
+
 Run: .venv/bin/python tests/perf/bench_startup.py [--runs 15] [--alt /other/.venv/bin/jstorrent] [--modules]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from jstorrent_cli.core import bencode
 
 HERE = Path(__file__).resolve().parents[2]
 HEAVY = ("rich", "httpx", "pygments", "hypothesis", "httpcore", "anyio")
@@ -32,6 +41,29 @@ def one_run(command: list[str], flag: str) -> float:
     if proc.returncode != EXIT_NOT_FOUND:
         raise SystemExit(f"{command}: exit status {proc.returncode}, expected {EXIT_NOT_FOUND}: {proc.stderr!r}")
     return took
+
+
+def first_announce(command: list[str], torrent: Path, listener: socket.socket, out: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.Popen([*command, "get", "--quiet", "-d", str(out), str(torrent)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        conn, _ = listener.accept()
+        took = time.perf_counter() - start
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    return took
+
+
+def probe_torrent(folder: Path, tracker: str) -> Path:
+    piece = b"x" * 16384
+    info = {b"name": b"probe.bin", b"piece length": len(piece), b"length": len(piece),
+            b"pieces": hashlib.sha1(piece).digest()}
+    path = folder / "probe.torrent"
+    path.write_bytes(bencode.encode({b"announce": tracker.encode(), b"info": info}))
+    return path
 
 
 def heavy_modules(python: str, flag: str) -> list[str]:
@@ -65,6 +97,21 @@ def main() -> None:
                 times[name].append(one_run(command, flag))
         for name, values in times.items():
             print(f"get {flag}: {name}: median {statistics.median(values) * 1000:.0f} ms, "
+                  f"min {min(values) * 1000:.0f} ms over {len(values)} runs")
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(60)
+        torrent = probe_torrent(Path(tmp), f"http://127.0.0.1:{listener.getsockname()[1]}/announce")
+        firsts: dict[str, list[float]] = {name: [] for name in commands}
+        for i in range(args.runs):
+            order = list(commands.items())
+            if i % 2:
+                order.reverse()
+            for name, command in order:
+                firsts[name].append(first_announce(command, torrent, listener, Path(tmp) / "out"))
+        for name, values in firsts.items():
+            print(f"first HTTP announce: {name}: median {statistics.median(values) * 1000:.0f} ms, "
                   f"min {min(values) * 1000:.0f} ms over {len(values)} runs")
     if args.modules:
         for name, command in commands.items():
