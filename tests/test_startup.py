@@ -48,3 +48,22 @@ def test_get_without_a_live_view_imports_no_heavy_module(flag: str, tmp_path: Pa
     assert {"jstorrent_cli.tasks.session", "jstorrent_cli.tasks.tracker", "jstorrent_cli.ui.display"} <= ours
     assert "trio" in top
     assert top & HEAVY == set()
+
+
+def test_the_tracker_http_client_loads_httpx_without_its_command_line(tmp_path: Path) -> None:
+    # httpx's own CLI module pulls in rich, pygments and click; an HTTP announce needs none of them.
+    code = (
+        "import sys\n"
+        "from jstorrent_cli.config import DEFAULT_CONFIG\n"
+        "from jstorrent_cli.tasks.tracker import open_http_client\n"
+        "before = 'httpx' in sys.modules\n"
+        "client = open_http_client(DEFAULT_CONFIG, trust_env=False)\n"
+        "import httpx\n"
+        "print(before, type(client).__name__, 'httpx._main' in sys.modules, callable(httpx.main))\n"
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          check=True, timeout=60)
+    first, top = proc.stdout.splitlines()
+    assert first == "False AsyncClient False True"  # httpx came with the client, its `main` is a stub
+    assert top.split() and set(top.split()) & {"rich", "pygments", "click"} == set()

@@ -28,6 +28,7 @@ import functools
 import logging
 import random
 import secrets
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
@@ -75,6 +76,23 @@ PeersCallback = Callable[[tuple[Peer, ...]], None]
 # --- HTTP ----------------------------------------------------------------------------------------
 
 
+def _import_httpx() -> None:
+    """Import httpx without its command-line module: httpx/__init__ imports `httpx._main` (which loads
+    rich, pygments and click, about 35 ms here) inside `try ... except ImportError`, for the `httpx`
+    command we never run. A None entry in sys.modules makes that one import fail (the import system's
+    documented way to block a module); the entry is removed again afterwards."""
+    if "httpx" in sys.modules:
+        return
+    blocked = "httpx._main" not in sys.modules
+    if blocked:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]
+    try:
+        import httpx  # noqa: F401
+    finally:
+        if blocked and sys.modules.get("httpx._main", False) is None:
+            del sys.modules["httpx._main"]
+
+
 def open_http_client(config: Config, *, local_address: str | None = None, trust_env: bool = True) -> httpx.AsyncClient:
     """An httpx client for trackers: our deadlines rule (httpx's own timeouts are off), no retries,
     a bounded redirect chain, and no compressed bodies (so the size cap counts what we keep).
@@ -84,6 +102,7 @@ def open_http_client(config: Config, *, local_address: str | None = None, trust_
     """
     import ssl
 
+    _import_httpx()
     import httpx  # at first use (see the imports at the top)
 
     class TlsOnFirstUse(httpx.AsyncBaseTransport):
