@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -538,12 +539,27 @@ def _fail(message: str, status: int) -> NoReturn:
         sys.exit(status)
 
 
+def _exit_process(status: int) -> NoReturn:
+    """The end of a command run as its own process: everything is done and closed (files by their
+    context managers, downloads by trio.run, whose worker threads are idle daemons), so skip the
+    interpreter's teardown of every module and object (30-60 ms on the benchmark machine). Logging
+    and the standard streams are flushed first; nothing else holds unwritten data."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
-    """The console script. Maps every outcome to an exit status."""
+    """The console script. Maps every outcome to an exit status. Called with `argv` (in-process, as
+    tests do) it raises SystemExit as usual; as the console script it ends the process at once."""
     try:
         result = cli.main(args=argv, prog_name="jstorrent", standalone_mode=False)
         sys.stdout.flush()
-        sys.exit(result if isinstance(result, int) else 0)
+        status = result if isinstance(result, int) else 0
+        if argv is None:
+            _exit_process(status)
+        sys.exit(status)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.UsageError as exc:

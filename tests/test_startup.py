@@ -20,9 +20,8 @@ HEAVY = {"rich", "httpx", "httpcore", "pygments", "hypothesis"}
 PROBE = """
 import sys
 from jstorrent_cli.cli import main
-sys.argv = ["jstorrent", "get", FLAG, MISSING]
 try:
-    main()
+    main(["get", FLAG, MISSING])
 except SystemExit as exc:
     code = exc.code
 print(code)
