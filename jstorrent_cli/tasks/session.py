@@ -297,7 +297,7 @@ class _Session:
         if self.announcer is not None:
             self.announcer.download_completed()
         if self.saver is not None:
-            self.saver.note_change()  # the state at completion says "all verified"
+            self.saver.save_soon()  # "all verified", flushed while the announces and the shutdown run
         if self.wants_seeding():
             self.state = SessionState.SEEDING
         else:
