@@ -11,6 +11,9 @@ It also times the first announce: `get --quiet` of a small torrent whose HTTP tr
 socket of this script; the figure is from spawn to the tracker's accept of the connection (imports,
 session set-up, the HTTP client), then the client is killed.
 
+Both packages' bytecode is written first (bench_swarm.compile_bytecode), as an installed copy has it;
+`--no-compile` leaves it as it is (with PYTHONDONTWRITEBYTECODE set, every run then compiles the package).
+
 Run: .venv/bin/python tests/perf/bench_startup.py [--runs 15] [--alt /other/.venv/bin/jstorrent] [--modules]
 """
 
@@ -25,6 +28,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_swarm import compile_bytecode
 
 from jstorrent_cli.core import bencode
 
@@ -83,10 +90,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--alt", default=None, help="another jstorrent command to compare with (interleaved)")
     parser.add_argument("--modules", action="store_true", help="also list the heavy packages each one imports")
+    parser.add_argument("--no-compile", action="store_true", help="do not write the packages' bytecode first")
     args = parser.parse_args()
     commands = {"this tree": [str(HERE / ".venv" / "bin" / "jstorrent")]}
     if args.alt:
         commands["alt"] = args.alt.split()
+    if not args.no_compile:
+        for command in commands.values():
+            compile_bytecode(command, print)
     for flag in ("--quiet", "--json"):
         times: dict[str, list[float]] = {name: [] for name in commands}
         for i in range(args.runs):
