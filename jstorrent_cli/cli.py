@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -542,9 +543,9 @@ def _configure_logging() -> None:
     """The views carry what the log says (tracker errors, bans, closed peers); without a handler, Python
     would print every warning on stderr, across the live view and through --quiet. JSTORRENT_DEBUG=1
     sends the whole log, debug lines included, to stderr instead."""
-    import logging
-
     root = logging.getLogger("jstorrent")
+    if root.handlers:  # main() called again in the same process (tests)
+        return
     root.propagate = False
     if os.environ.get("JSTORRENT_DEBUG"):
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -555,13 +556,28 @@ def _configure_logging() -> None:
     root.addHandler(handler)
 
 
+def _exit_process(status: int) -> NoReturn:
+    """The end of a command run as its own process: everything is done and closed (files by their
+    context managers, downloads by trio.run, whose worker threads are idle daemons), so skip the
+    interpreter's teardown of every module and object (30-60 ms on the benchmark machine). Logging
+    and the standard streams are flushed first; nothing else holds unwritten data."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
-    """The console script. Maps every outcome to an exit status."""
+    """The console script. Maps every outcome to an exit status. Called with `argv` (in-process, as
+    tests do) it raises SystemExit as usual; as the console script it ends the process at once."""
     _configure_logging()
     try:
         result = cli.main(args=argv, prog_name="jstorrent", standalone_mode=False)
         sys.stdout.flush()
-        sys.exit(result if isinstance(result, int) else 0)
+        status = result if isinstance(result, int) else 0
+        if argv is None:
+            _exit_process(status)
+        sys.exit(status)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.UsageError as exc:

@@ -197,8 +197,6 @@ class Config:
     # requests then wait in our own limiter for about this long, far below request_timeout_min, so they
     # do not time out there and bar their pieces (a sole holder would then sit idle for piece_retry_delay).
     download_rate_request_window: float = 1.0
-    # At exit, how often we look whether the `completed` announce got through (bounded by the stopped deadline).
-    completed_poll_interval: float = 0.05
     # Queued upload requests read from disk together and sent in one write (fewer loop wakeups per block):
     # 64 blocks = 1 MiB, one read hop and one send (16 gave 4x the hops; demo A/B in docs/performance.md).
     upload_batch_blocks: int = 64

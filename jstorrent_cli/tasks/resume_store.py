@@ -332,15 +332,29 @@ class ResumeSaver:
         self._changed = trio.Event()
         self._dirty = False
         self._lock = trio.Lock()
-        self.saves = 0  # how many states were written (for tests and diagnostics)
+        self._hurry = False  # save_soon(): skip the rest of the interval once
+        self._pause: trio.CancelScope | None = None  # the interval's wait, while it runs
+        self._written: bytes | None = None  # the state file's bytes as this saver last wrote them
+        self.saves = 0  # how many states were saved (for tests and diagnostics)
+        self.writes = 0  # of those, how many wrote the file (the others found it unchanged)
 
     def note_change(self) -> None:
         """Something worth saving happened (a piece was verified). Never blocks."""
         self._dirty = True
         self._changed.set()
 
+    def save_soon(self) -> None:
+        """As note_change, and save now rather than after the rest of the interval: the download
+        finished, so the final state's flush of the data overlaps the `completed` announce and the
+        shutdown instead of following them. Never blocks."""
+        self.note_change()
+        self._hurry = True
+        if self._pause is not None:
+            self._pause.cancel()
+
     async def save(self) -> None:
-        """Write the state now: verified set, then flush, then stat, then the atomic replace."""
+        """Write the state now: verified set, then flush, then stat, then the atomic replace (skipped
+        when the bytes equal the ones this saver wrote last: that state is on disk already)."""
         async with self._lock:
             self._dirty = False
             try:
@@ -349,7 +363,11 @@ class ResumeSaver:
                     await self._sync()
                 stats = await stat_files(self._root, self._paths)
                 state = ResumeState.make(self._info_hash, self._geometry.piece_count, pieces, stats, self._layout)
-                await self._store.write(resume.encode(state))
+                data = resume.encode(state)
+                if data != self._written:
+                    await self._store.write(data)
+                    self._written = data
+                    self.writes += 1
             except BaseException:
                 self._dirty = True  # not saved (cancelled, or the disk failed): the final save still must
                 raise
@@ -362,7 +380,11 @@ class ResumeSaver:
                 await self._changed.wait()
                 self._changed = trio.Event()
                 await self.save()
-                await trio.sleep(self._interval)
+                with trio.CancelScope() as self._pause:
+                    if not self._hurry:
+                        await trio.sleep(self._interval)
+                self._pause = None
+                self._hurry = False
         finally:
             if self._dirty or self.saves:
                 with trio.CancelScope(shield=True):

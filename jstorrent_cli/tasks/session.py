@@ -80,10 +80,10 @@ from jstorrent_cli.tasks.scheduler_task import SchedulerActor, ticker
 from jstorrent_cli.tasks.storage import Storage, storage_files
 from jstorrent_cli.tasks.tracker import (
     Announcer,
+    LazyHttpClient,
     TrackerClient,
     TrackerStatus,
     TrackerTiers,
-    open_http_client,
 )
 from jstorrent_cli.ui import piecemap
 from jstorrent_cli.ui.format import format_rate, format_size
@@ -297,7 +297,7 @@ class _Session:
         if self.announcer is not None:
             self.announcer.download_completed()
         if self.saver is not None:
-            self.saver.note_change()  # the state at completion says "all verified"
+            self.saver.save_soon()  # "all verified", flushed while the announces and the shutdown run
         if self.wants_seeding():
             self.state = SessionState.SEEDING
         else:
@@ -613,7 +613,7 @@ class _Session:
             return
         with trio.move_on_after(self.config.stopped_announce_deadline):
             while (announcer.status.last_success_at or 0.0) < finished_at and not announcer.status.consecutive_failures:
-                await trio.sleep(self.config.completed_poll_interval)
+                await announcer.round_ended()  # woken as the round ends, not up to a poll interval later
 
     def _bucket(self, rate: int) -> TokenBucket | None:
         if rate <= 0:
@@ -715,7 +715,7 @@ class _Session:
             manager.add_addresses(self.initial_peers)
             http = None
             if torrent.trackers:
-                http = open_http_client(config, local_address=local)
+                http = LazyHttpClient(config, local_address=local)  # httpx loads at the first HTTP announce
                 client = TrackerClient(http, config, udp_local_host=local)
                 self.announcer = Announcer(TrackerTiers(torrent.trackers, self.rng), client.announce,
                                            self.announce_request, manager.add_addresses, config)

@@ -28,11 +28,11 @@ import functools
 import logging
 import random
 import secrets
+import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from jstorrent_cli import __version__
@@ -58,6 +58,12 @@ from jstorrent_cli.core.announce import (
 )
 from jstorrent_cli.errors import TrackerError
 
+if TYPE_CHECKING:
+    # httpx is imported when an HTTP(S) tracker is first announced to (LazyHttpClient), not here: it
+    # costs about 90 ms of start-up (it loads rich, pygments and click for its own command line),
+    # which a download from UDP trackers or from --peer addresses only never needs.
+    import httpx
+
 log = logging.getLogger("jstorrent.tracker")
 
 _T = TypeVar("_T")
@@ -70,6 +76,23 @@ PeersCallback = Callable[[tuple[Peer, ...]], None]
 # --- HTTP ----------------------------------------------------------------------------------------
 
 
+def _import_httpx() -> None:
+    """Import httpx without its command-line module: httpx/__init__ imports `httpx._main` (which loads
+    rich, pygments and click, about 35 ms here) inside `try ... except ImportError`, for the `httpx`
+    command we never run. A None entry in sys.modules makes that one import fail (the import system's
+    documented way to block a module); the entry is removed again afterwards."""
+    if "httpx" in sys.modules:
+        return
+    blocked = "httpx._main" not in sys.modules
+    if blocked:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]
+    try:
+        import httpx  # noqa: F401
+    finally:
+        if blocked and sys.modules.get("httpx._main", False) is None:
+            del sys.modules["httpx._main"]
+
+
 def open_http_client(config: Config, *, local_address: str | None = None, trust_env: bool = True) -> httpx.AsyncClient:
     """An httpx client for trackers: our deadlines rule (httpx's own timeouts are off), no retries,
     a bounded redirect chain, and no compressed bodies (so the size cap counts what we keep).
@@ -77,9 +100,35 @@ def open_http_client(config: Config, *, local_address: str | None = None, trust_
     `local_address` binds outgoing connections to one of our addresses (BEP 7: announce from the
     address we listen on).
     """
-    transport = httpx.AsyncHTTPTransport(local_address=local_address, retries=0)
+    import ssl
+
+    _import_httpx()
+    import httpx  # at first use (see the imports at the top)
+
+    class TlsOnFirstUse(httpx.AsyncBaseTransport):
+        """The https:// transport, made at the first HTTPS request: making it loads the system's CA
+        certificates (about 75 ms on the benchmark machine), which an http:// tracker never needs."""
+
+        def __init__(self) -> None:
+            self._inner: httpx.AsyncHTTPTransport | None = None
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if self._inner is None:
+                self._inner = httpx.AsyncHTTPTransport(local_address=local_address, retries=0)
+            return await self._inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            if self._inner is not None:
+                await self._inner.aclose()
+
+    # Plain http:// goes through a transport whose TLS context trusts no certificate at all: it is
+    # never asked for https:// (the mount below takes those, redirects included), and if it were,
+    # verification would fail rather than pass.
+    no_trust = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    transport = httpx.AsyncHTTPTransport(verify=no_trust, local_address=local_address, retries=0)
     return httpx.AsyncClient(
         transport=transport,
+        mounts={"https://": TlsOnFirstUse()},
         timeout=None,
         follow_redirects=True,
         max_redirects=config.tracker_max_redirects,
@@ -108,6 +157,8 @@ async def _read_capped(client: httpx.AsyncClient, target: str, cap: int) -> tupl
 
 async def announce_http(client: httpx.AsyncClient, url: str, req: AnnounceRequest, config: Config) -> AnnounceResponse:
     """One HTTP(S) announce, bounded by Config.tracker_timeout. Raises TrackerError on any failure."""
+    import httpx  # loaded already by the client's creation (open_http_client); a dictionary look-up
+
     target = build_http_url(url, req)
     try:
         with trio.fail_after(config.tracker_timeout):
@@ -242,12 +293,38 @@ async def announce_udp(
         raise TrackerError(f"UDP announce failed: {err.strerror or err}") from None
 
 
+class LazyHttpClient:
+    """open_http_client's client, made (and httpx imported) only when an HTTP tracker is first
+    announced to; `aclose` closes it if it was made."""
+
+    def __init__(self, config: Config, *, local_address: str | None = None, trust_env: bool = True) -> None:
+        self._config = config
+        self._local_address = local_address
+        self._trust_env = trust_env
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._client is not None
+
+    def get(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = open_http_client(self._config, local_address=self._local_address,
+                                            trust_env=self._trust_env)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
 class TrackerClient:
-    """Announces to one URL of any supported scheme; keeps each UDP tracker's connection id."""
+    """Announces to one URL of any supported scheme; keeps each UDP tracker's connection id.
+    `http` is a client, or a LazyHttpClient that makes one at the first HTTP announce."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | LazyHttpClient,
         config: Config,
         *,
         randbytes: RandBytes = secrets.token_bytes,
@@ -266,7 +343,8 @@ class TrackerClient:
             raise TrackerError(f"bad tracker URL {url!r}: {err}") from None
         scheme = parts.scheme.lower()
         if scheme in ("http", "https"):
-            return await announce_http(self.http, url, req, self.config)
+            http = self.http.get() if isinstance(self.http, LazyHttpClient) else self.http
+            return await announce_http(http, url, req, self.config)
         if scheme == "udp":
             netloc = parts.netloc.lower()
             state = self._udp_states.setdefault(netloc, UdpTrackerState(self.config))
@@ -355,6 +433,7 @@ class Announcer:
         self._wakeup = trio.Event()
         self._stopped = False
         self._completed = False
+        self._round_ended = trio.Event()  # set (and replaced) at the end of every announce round
 
     # -- calls from the session (never block) --
 
@@ -402,8 +481,20 @@ class Announcer:
     def _request_for(self, url: str, event: AnnounceEvent | None) -> AnnounceRequest:
         return dataclasses.replace(self._request(), event=event, tracker_id=self._tracker_ids.get(url))
 
+    async def round_ended(self) -> None:
+        """Return when the announce round under way (or the next one) has ended, answered or not:
+        the session waits on this for its `completed` to get through, instead of polling `status`."""
+        await self._round_ended.wait()
+
     async def announce_once(self) -> bool:
         """One announce round: the trackers in BEP 12 order until one answers. True if one did."""
+        try:
+            return await self._announce_round()
+        finally:
+            self._round_ended.set()
+            self._round_ended = trio.Event()
+
+    async def _announce_round(self) -> bool:
         event = self._pending_event
         self._announce_now = False
         self._dry_since = None

@@ -25,12 +25,9 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from jstorrent_cli.config import Config
 from jstorrent_cli.core.batchlist import (
@@ -52,6 +49,12 @@ from jstorrent_cli.ui.display import (
     sane,
 )
 from jstorrent_cli.ui.format import format_duration, format_rate, format_size
+
+if TYPE_CHECKING:
+    # rich is imported only where the live view draws (as in ui/display.py): a batch with --json,
+    # --quiet or plain lines never loads it.
+    from rich.console import Console
+    from rich.text import Text
 
 PHASE_WAITING = "waiting"
 PHASE_ACTIVE = "active"
@@ -231,6 +234,8 @@ class BatchRichDisplay:
         self.refreshes = 0
 
     def render(self, status: BatchStatus) -> Text:
+        from rich.text import Text
+
         text = Text(no_wrap=True, overflow="crop", end="")
         counted, shared = totals_parts(status)
         text.append(counted + "\n", style="bold")
@@ -244,6 +249,8 @@ class BatchRichDisplay:
         return text
 
     async def run(self, poll: BatchPoll) -> None:
+        from rich.live import Live
+
         period = 1.0 / self._config.refresh_hz
         with Live(console=self.console, auto_refresh=False, transient=False,
                   redirect_stdout=False, redirect_stderr=True) as live:
@@ -258,11 +265,14 @@ class BatchRichDisplay:
                 raise
 
     def item_done(self, result: ItemResult) -> None:
+        from rich.text import Text
+
         style = "green" if result.status in (STATUS_OK, STATUS_DUPLICATE) else "red"
         self.console.print(Text(done_line(result), style=style))
 
     def stall(self, item_id: int, report: StallReport) -> None:
         from rich.panel import Panel
+        from rich.text import Text
 
         self.console.print(Panel(Text("\n".join(report_lines(report))), title=f"stall report #{item_id}",
                                  border_style="yellow"))
@@ -374,6 +384,8 @@ def make_batch_display(
     except (AttributeError, ValueError):
         tty = False
     if tty:
+        from rich.console import Console
+
         return BatchRichDisplay(config, console=Console(file=err), out=out)
     return BatchPlainDisplay(config, file=err, out=out)
 

@@ -28,9 +28,6 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
 import trio
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from jstorrent_cli.config import Config
 from jstorrent_cli.core.diagnose import StallReport, report_lines, report_record
@@ -38,6 +35,11 @@ from jstorrent_cli.ui import piecemap
 from jstorrent_cli.ui.format import format_duration, format_rate, format_size
 
 if TYPE_CHECKING:
+    # rich is imported where a rich view is drawn, not here: --json, --quiet and plain lines never
+    # load it (about 40 ms of start-up on the benchmark machine).
+    from rich.console import Console
+    from rich.text import Text
+
     from jstorrent_cli.core.scheduler import PeerSnapshot, SchedulerSnapshot
 
 # Text formats, not limits: aria2c shows the first 6 hex digits of a download's id.
@@ -335,6 +337,8 @@ def gauge_cells(in_flight: int, to_disk: int, budget: int, width: int) -> tuple[
 
 def render_status(status: StatusLike, config: Config, width: int, *, verbose: bool = False) -> Text:
     """The live view as one pre-formatted Text (cheap to draw: no Table, no wrapping)."""
+    from rich.text import Text  # only a rich view renders (see the imports at the top)
+
     snap = status.scheduler
     bar_width = config.display_bar_width
     text = Text(no_wrap=True, overflow="crop", end="")
@@ -469,7 +473,11 @@ class RichDisplay:
     def __init__(self, config: Config, *, verbose: bool = False, console: Console | None = None) -> None:
         self._config = config
         self._verbose = verbose
-        self.console = console if console is not None else Console(stderr=True)
+        if console is None:
+            from rich.console import Console  # only a rich view loads rich (see the imports at the top)
+
+            console = Console(stderr=True)
+        self.console = console
         self.refreshes = 0  # frames drawn by `run` (tests and diagnostics read it)
 
     def render(self, status: StatusLike) -> Text:
@@ -477,6 +485,8 @@ class RichDisplay:
 
     async def run(self, poll: Poll) -> None:
         """Redraw until cancelled; on cancellation the last frame stays on screen."""
+        from rich.live import Live
+
         period = 1.0 / self._config.refresh_hz
         with Live(console=self.console, auto_refresh=False, transient=False,
                   redirect_stdout=False, redirect_stderr=True) as live:
@@ -495,10 +505,13 @@ class RichDisplay:
 
     def stall(self, report: StallReport) -> None:
         from rich.panel import Panel
+        from rich.text import Text
 
         self.console.print(Panel(Text("\n".join(report_lines(report))), title="stall report", border_style="yellow"))
 
     def finish(self, result: ResultLike) -> None:
+        from rich.text import Text
+
         lines = summary_lines(result)
         style = "bold green" if result.error is None else "bold red"
         self.console.print(Text(lines[0], style=style))
@@ -730,6 +743,8 @@ def make_display(
     if quiet:
         return QuietDisplay(file=err)
     if _isatty(err):
+        from rich.console import Console  # the only view that needs rich (see the imports at the top)
+
         return RichDisplay(config, verbose=verbose, console=Console(file=err))
     return PlainDisplay(config, file=err)
 

@@ -208,6 +208,43 @@ async def test_saver_writes_at_most_once_per_interval_and_at_exit(tmp_path: Path
     assert loaded.state.files == tuple(stat_files_sync(tmp_path, paths))
 
 
+async def test_save_soon_saves_at_once_and_an_unchanged_state_is_not_rewritten(tmp_path: Path) -> None:
+    # The real clock (the saver hops to threads). A long interval: only save_soon can make the second
+    # save come early. The final save at exit finds the state unchanged and writes nothing, but it
+    # still flushes the data (a block written since could be on disk only in the page cache).
+    interval = 30.0
+    config = dataclasses.replace(DEFAULT_CONFIG, resume_save_interval=interval)
+    paths = _make_files(tmp_path)
+    verified: set[int] = {0}
+    syncs: list[float] = []
+
+    async def sync() -> None:
+        syncs.append(trio.current_time())
+
+    store = StateStore(tmp_path, NAME)
+    state_file = tmp_path / f".{NAME}.jstorrent"
+    saver = ResumeSaver(store, info_hash=HASH, geometry=_geometry(), root=tmp_path, paths=paths,
+                        verified=lambda: verified, sync=sync, config=config)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(saver.run)
+            saver.note_change()
+            while saver.saves < 1:
+                await trio.sleep(0.01)
+            verified.update({1, 2, 3})  # the last pieces verified: the download finished
+            saver.save_soon()
+            while saver.saves < 2:
+                await trio.sleep(0.01)
+            took = syncs[1] - syncs[0]
+            inode = state_file.stat().st_ino
+            nursery.cancel_scope.cancel()
+    assert took < interval / 2  # at once, not after the interval
+    assert (saver.saves, saver.writes, len(syncs)) == (3, 2, 3)  # the final save synced and wrote nothing
+    assert state_file.stat().st_ino == inode  # not replaced (every write is a new file renamed over it)
+    loaded = store.load_sync(info_hash=HASH, piece_count=4, file_count=2)
+    assert loaded.state is not None and loaded.state.verified_pieces() == {0, 1, 2, 3}
+
+
 async def test_saver_without_changes_writes_nothing(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     paths = _make_files(tmp_path)
     saver = ResumeSaver(StateStore(tmp_path, NAME), info_hash=HASH, geometry=_geometry(), root=tmp_path,

@@ -6,11 +6,15 @@ import dataclasses
 import functools
 import logging
 import random
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import pytest
@@ -31,6 +35,7 @@ from jstorrent_cli.core.announce import (
 from jstorrent_cli.errors import TrackerError
 from jstorrent_cli.tasks.tracker import (
     Announcer,
+    LazyHttpClient,
     TrackerClient,
     TrackerTiers,
     announce_http,
@@ -433,6 +438,98 @@ async def test_tracker_client_dispatches_by_scheme(autojump_clock: trio.testing.
     assert tracker.connects == 1  # one connection id per tracker address, whatever the path
 
 
+async def test_lazy_http_client_is_made_at_the_first_http_announce_only() -> None:
+    async def respond(stream: trio.SocketStream, target: str) -> None:
+        await send_response(stream, ok_body())
+
+    with trio.fail_after(60):
+        lazy = LazyHttpClient(CONFIG, trust_env=False)
+        client = TrackerClient(lazy, CONFIG)
+        async with udp_tracker(FakeUdpTracker()) as tracker:
+            await client.announce(udp_url(tracker), make_request())
+        assert not lazy.opened  # UDP trackers only: no HTTP client (and no httpx import) was needed
+        await lazy.aclose()  # closing one never made is a no-op
+        async with http_tracker(respond) as server:
+            response = await client.announce(server.url, make_request())
+            assert lazy.opened
+            first = lazy.get()
+            await client.announce(server.url, make_request())
+            assert lazy.get() is first  # one client (one connection pool) for every HTTP announce
+        await lazy.aclose()
+    assert response.peers == (("10.0.0.1", 6881),)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (openssl, EC: a few milliseconds)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=IP:{HOST}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+@asynccontextmanager
+async def https_tracker(cert: Path, key: Path) -> AsyncIterator[str]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # not create_default_context: the test counts those
+    context.load_cert_chain(cert, key)
+
+    async def handle(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                part = await stream.receive_some()
+                if not part:
+                    return
+                data += part
+            body = ok_body()
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client refused our certificate
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_ssl_over_tcp, handle, 0, context, host=HOST))
+        yield f"https://{HOST}:{listeners[0].transport_listener.socket.getsockname()[1]}/announce"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_https_is_verified_and_http_loads_no_certificates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The https:// transport (and the CA certificates it loads) is made at the first HTTPS request only;
+    # an http:// tracker never loads them, and HTTPS still verifies the tracker's certificate.
+    loads: list[object] = []
+    real = ssl.create_default_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        loads.append(kwargs.get("cafile"))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def respond(stream: trio.SocketStream, target: str) -> None:
+        await send_response(stream, ok_body())
+
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with trio.fail_after(30):
+        async with open_http_client(CONFIG, trust_env=False) as client:
+            async with http_tracker(respond) as server:
+                await announce_http(client, server.url, make_request(), CONFIG)
+            assert loads == []  # plain HTTP: no certificate store was loaded
+            async with https_tracker(cert, key) as url:
+                with pytest.raises(TrackerError, match="HTTP announce failed"):
+                    await announce_http(client, url, make_request(), CONFIG)  # self-signed: refused
+        assert len(loads) == 1  # the https:// transport was made once, at the first HTTPS announce
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now trust it (the transport honours SSL_CERT_FILE)
+        async with open_http_client(CONFIG, trust_env=False) as client, https_tracker(cert, key) as url:
+            response = await announce_http(client, url, make_request(), CONFIG)
+    assert loads[-1] == str(cert)
+    assert response.peers == (("10.0.0.1", 6881),)
+
+
 # --- tiers ---------------------------------------------------------------------------------------
 
 
@@ -604,6 +701,42 @@ async def test_download_completed_is_announced_at_once(autojump_clock: trio.test
         (50, AnnounceEvent.COMPLETED),
         (60, AnnounceEvent.STOPPED),
     ]
+
+
+async def test_round_ended_wakes_at_the_end_of_each_round_answered_or_not(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The session waits on round_ended() for its `completed` to get through: it must wake when the
+    # round ends (a slow tracker's 0.37 s, or the failure of every tier), not at a polling step.
+    answered = 0
+
+    def slow_then_down(req: AnnounceRequest) -> AnnounceResponse:
+        nonlocal answered
+        answered += 1
+        if req.event is AnnounceEvent.COMPLETED:
+            raise TrackerError("down")
+        return AnnounceResponse(interval=1800.0, min_interval=None, peers=())
+
+    fake = FakeTrackers({"t": slow_then_down})
+    inner = fake.announce
+
+    async def slow(url: str, req: AnnounceRequest) -> AnnounceResponse:
+        await trio.sleep(0.37)
+        return await inner(url, req)
+
+    announcer = Announcer(TrackerTiers([["t"]], random.Random(0)), slow, make_request, lambda peers: None, CONFIG)
+    ended: list[tuple[float, int, int]] = []
+    with trio.fail_after(10_000):
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(announcer.run)
+            await announcer.round_ended()  # the `started` round
+            ended.append((trio.current_time() - start, answered, announcer.status.consecutive_failures))
+            await trio.sleep(5)
+            announcer.download_completed()
+            await announcer.round_ended()  # the `completed` round, which fails
+            ended.append((trio.current_time() - start, answered, announcer.status.consecutive_failures))
+            nursery.cancel_scope.cancel()
+    assert [(round(at, 6), n, failures) for at, n, failures in ended] == [(0.37, 1, 0), (5.74, 2, 1)]  # 5.37 + 0.37
 
 
 async def test_final_stopped_is_bounded_by_its_deadline(autojump_clock: trio.testing.MockClock) -> None:
