@@ -129,6 +129,15 @@ class StateStore:
     def path(self) -> str:
         return os.path.join(self.folder, self.name)
 
+    def _open_folder(self) -> int:
+        """The download folder (created if missing) as a descriptor to open files relative to; the
+        caller closes it. Raises StorageError."""
+        try:
+            os.makedirs(self.folder, mode=_DIR_MODE, exist_ok=True)
+            return os.open(self.folder, _DIR_FLAGS)
+        except OSError as err:
+            raise self._error(err, "create the folder", self.folder) from None
+
     # --- the lock ------------------------------------------------------------------------------
 
     def lock_sync(self) -> None:
@@ -137,11 +146,7 @@ class StateStore:
         if self._lock_fd is not None:
             return
         path = os.path.join(self.folder, self.lock_name)
-        try:
-            os.makedirs(self.folder, mode=_DIR_MODE, exist_ok=True)
-            dir_fd = os.open(self.folder, _DIR_FLAGS)
-        except OSError as err:
-            raise self._error(err, "create the folder", self.folder) from None
+        dir_fd = self._open_folder()
         try:
             fd = os.open(self.lock_name, _LOCK_FLAGS, _FILE_MODE, dir_fd=dir_fd)
         except OSError as err:
@@ -170,11 +175,7 @@ class StateStore:
 
     def write_sync(self, data: bytes) -> None:
         """Replace the state with `data` atomically (see the module's docstring). Raises StorageError."""
-        try:
-            os.makedirs(self.folder, mode=_DIR_MODE, exist_ok=True)
-            dir_fd = os.open(self.folder, _DIR_FLAGS)
-        except OSError as err:
-            raise self._error(err, "create the folder", self.folder) from None
+        dir_fd = self._open_folder()
         try:
             try:
                 fd = os.open(self.temp_name, _WRITE_FLAGS, _FILE_MODE, dir_fd=dir_fd)

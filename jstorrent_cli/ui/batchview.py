@@ -20,7 +20,6 @@ The end of every view but JSON and quiet is aria2c's results table on stdout (`r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
@@ -46,6 +45,7 @@ from jstorrent_cli.ui.display import (
     fraction,
     plain_line,
     progress_record,
+    redraw_live,
     sane,
 )
 from jstorrent_cli.ui.format import format_duration, format_rate, format_size
@@ -249,20 +249,10 @@ class BatchRichDisplay:
         return text
 
     async def run(self, poll: BatchPoll) -> None:
-        from rich.live import Live
+        await redraw_live(self.console, self._config, lambda: self.render(poll()), self._drew)
 
-        period = 1.0 / self._config.refresh_hz
-        with Live(console=self.console, auto_refresh=False, transient=False,
-                  redirect_stdout=False, redirect_stderr=True) as live:
-            try:
-                while True:
-                    live.update(self.render(poll()), refresh=True)
-                    self.refreshes += 1
-                    await trio.sleep(period)
-            except trio.Cancelled:
-                with contextlib.suppress(Exception):
-                    live.update(self.render(poll()))
-                raise
+    def _drew(self) -> None:
+        self.refreshes += 1
 
     def item_done(self, result: ItemResult) -> None:
         from rich.text import Text

@@ -467,6 +467,28 @@ def _render_peers(text: Text, status: StatusLike, config: Config) -> None:
     text.append(f"flags: {PEER_FLAGS_LEGEND}\n", style="dim")
 
 
+async def redraw_live(console: Console, config: Config, frame: Callable[[], Text], drew: Callable[[], None]) -> None:
+    """Draw `frame()` on `console` Config.refresh_hz times a second until cancelled (the rich views of one
+    download and of a batch); `drew()` after each frame. On cancellation the last frame stays on screen."""
+    from rich.live import Live
+
+    period = 1.0 / config.refresh_hz
+    with Live(console=console, auto_refresh=False, transient=False,
+              redirect_stdout=False, redirect_stderr=True) as live:
+        try:
+            while True:
+                live.update(frame(), refresh=True)
+                drew()
+                await trio.sleep(period)
+        except trio.Cancelled:
+            # Leave the final state on screen, not the one from up to a period ago (Live draws it
+            # on exit). Cosmetic only: a status that cannot be read at shutdown keeps the old frame
+            # rather than replace the cancellation with an error of its own.
+            with contextlib.suppress(Exception):
+                live.update(frame())
+            raise
+
+
 class RichDisplay:
     """The live view on a terminal: redrawn about `Config.refresh_hz` times a second on stderr."""
 
@@ -485,23 +507,10 @@ class RichDisplay:
 
     async def run(self, poll: Poll) -> None:
         """Redraw until cancelled; on cancellation the last frame stays on screen."""
-        from rich.live import Live
+        await redraw_live(self.console, self._config, lambda: self.render(poll()), self._drew)
 
-        period = 1.0 / self._config.refresh_hz
-        with Live(console=self.console, auto_refresh=False, transient=False,
-                  redirect_stdout=False, redirect_stderr=True) as live:
-            try:
-                while True:
-                    live.update(self.render(poll()), refresh=True)
-                    self.refreshes += 1
-                    await trio.sleep(period)
-            except trio.Cancelled:
-                # Leave the final state on screen, not the one from up to a period ago (Live draws it
-                # on exit). Cosmetic only: a status that cannot be read at shutdown keeps the old frame
-                # rather than replace the cancellation with an error of its own.
-                with contextlib.suppress(Exception):
-                    live.update(self.render(poll()))
-                raise
+    def _drew(self) -> None:
+        self.refreshes += 1
 
     def stall(self, report: StallReport) -> None:
         from rich.panel import Panel
