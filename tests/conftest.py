@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+
+import trio
 
 from jstorrent_cli.core import bencode, metainfo
 
@@ -100,3 +103,14 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextlib.asynccontextmanager
+async def reaped(process: trio.Process) -> AsyncIterator[trio.Process]:
+    """The body drives a child process (signals, reads); however it ends, the child does not outlive it."""
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -16,7 +16,7 @@ from jstorrent_cli.cli import read_torrent_file
 from jstorrent_cli.config import DEFAULT_CONFIG, KiB
 from jstorrent_cli.core.batchlist import BatchItem
 from jstorrent_cli.tasks.batch import BatchOptions, run_batch
-from tests.conftest import FileSpec, assert_payload, build_torrent, random_files, write_payload
+from tests.conftest import FileSpec, assert_payload, build_torrent, random_files, reaped, write_payload
 from tests.tasks.test_batch import Recorder
 
 DEADLINE = 90
@@ -187,7 +187,7 @@ async def test_ctrl_c_stops_every_item_reports_them_interrupted_and_exits_130(tm
              "-j", "2", "-d", str(tmp_path / "out"), "--peer", "127.0.0.9:9", "--listen", LEECHER, "--port", "0",
              "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        try:
+        async with reaped(process):
             assert process.stdout is not None
             out = b""
             while b"\n" not in out:  # the first progress record: the items are running
@@ -198,10 +198,6 @@ async def test_ctrl_c_stops_every_item_reports_them_interrupted_and_exits_130(tm
                 out += chunk
             status = await process.wait()
             assert trio.current_time() - sent < DEFAULT_CONFIG.interrupt_grace + 1
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
     assert status == 130
     results = [r for r in map(json.loads, out.decode().splitlines()) if r["event"] == "result"]
     assert [(r["id"], r["status"], r["exit_status"]) for r in results] == [
@@ -226,7 +222,7 @@ async def test_ctrl_c_while_an_item_seeds_reports_it_complete(tmp_path: Path) ->
              str(tmp_path / "lonely.torrent"), "-d", str(tmp_path / "out"), "--seed-time", "10",
              "--peer", "127.0.0.9:9", "--listen", LEECHER, "--port", "0", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        try:
+        async with reaped(process):
             assert process.stdout is not None
             out = b""
             while b'"seeding"' not in out:  # the first item finished and seeds; the second runs
@@ -235,10 +231,6 @@ async def test_ctrl_c_while_an_item_seeds_reports_it_complete(tmp_path: Path) ->
             while chunk := await process.stdout.receive_some():
                 out += chunk
             status = await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
     assert status == 130
     results = [r for r in map(json.loads, out.decode().splitlines()) if r["event"] == "result"]
     assert [(r["id"], r["status"], r["exit_status"], r["ok"]) for r in results] == [

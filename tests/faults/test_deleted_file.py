@@ -18,7 +18,7 @@ import trio
 
 from jstorrent_cli.config import KiB, MiB
 from jstorrent_cli.errors import ExitStatus
-from tests.conftest import assert_payload, build_torrent, random_files, write_payload
+from tests.conftest import assert_payload, build_torrent, random_files, reaped, write_payload
 from tests.faults.common import SEEDER_HOST, get_command, run_get, start_seeder, verified_pieces
 
 DEADLINE = 60
@@ -44,7 +44,7 @@ async def test_file_deleted_mid_download_fails_with_status_18_and_a_rerun_comple
             port = await start_seeder(nursery, torrent, tmp_path / "seed", rate=RATE)
             cmd = get_command(tmp_path / "t.torrent", out, [(SEEDER_HOST, port)], "--quiet")
             process = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
+            async with reaped(process):
                 first_file_pieces = range(0, (5 * MiB + 3) // PIECE)
                 # Some pieces of the victim verified and recorded, the download not finished.
                 await _wait_for(lambda: bool(verified_pieces(out, torrent) & set(first_file_pieces)))
@@ -55,10 +55,6 @@ async def test_file_deleted_mid_download_fails_with_status_18_and_a_rerun_comple
                 async for chunk in process.stderr:
                     err += chunk
                 status = await process.wait()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
             lines = err.decode().splitlines()
             assert status == int(ExitStatus.FILE_IO) == 18, (status, lines)
             assert len(lines) == 1 and lines[0].startswith("jstorrent: "), lines

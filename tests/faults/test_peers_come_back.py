@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from jstorrent_cli.config import KiB, MiB
-from tests.conftest import assert_payload, build_torrent, random_files, write_payload
+from tests.conftest import assert_payload, build_torrent, random_files, reaped, write_payload
 from tests.faults.common import SEEDER_HOST, get_command, start_seeder, verified_pieces
 
 DEADLINE = 60
@@ -82,7 +82,7 @@ async def test_all_seeders_leave_and_come_back_and_the_same_get_completes(tmp_pa
                         records.extend(json.loads(line) for line in lines if line.strip())
                         new_record.notify_all()
 
-            try:
+            async with reaped(process):
                 nursery.start_soon(read_records)
                 await until(lambda: any(r["event"] == "progress" and r["peers_connected"] == 2 and
                                         0 < r["verified_bytes"] < torrent.total_length * 2 // 3 for r in records))
@@ -106,10 +106,6 @@ async def test_all_seeders_leave_and_come_back_and_the_same_get_completes(tmp_pa
                 with trio.move_on_after(EXIT_GRACE) as exit_scope:
                     status = await process.wait()
                 assert not exit_scope.cancelled_caught, f"the child printed its result but did not exit: {records[-1]}"
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
             nursery.cancel_scope.cancel()
     assert status == 0, records[-1:]
     result = records[-1]

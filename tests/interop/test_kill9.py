@@ -40,7 +40,7 @@ import trio
 from jstorrent_cli.config import KiB, MiB
 from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.tasks.storage import Storage
-from tests.conftest import assert_payload, build_torrent, random_files, write_payload
+from tests.conftest import assert_payload, build_torrent, random_files, reaped, write_payload
 from tests.faults.common import SEEDER_HOST, get_command, start_seeder, verified_pieces
 
 KILLS = int(os.environ.get("JSTORRENT_KILLS", "9"))
@@ -112,7 +112,7 @@ def _check_recorded_on_disk(out: Path, torrent: Torrent, payload: bytes, recorde
 async def _run_and_kill(cmd: list[str], kill_when: Callable[[], Awaitable[None]] | None) -> int:
     """Run `jstorrent get`; SIGKILL it once `kill_when()` returns (None: let it finish). Its status."""
     process = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    async with reaped(process):
         if kill_when is not None:
             async with trio.open_nursery() as nursery:
 
@@ -128,10 +128,6 @@ async def _run_and_kill(cmd: list[str], kill_when: Callable[[], Awaitable[None]]
                 nursery.start_soon(kill_later)
                 nursery.start_soon(finished)
         return await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_kill9_in_a_loop_then_rerun_completes_exactly_without_fetching_recorded_pieces(

@@ -25,7 +25,7 @@ from jstorrent_cli.core.scheduler import Scheduler
 from jstorrent_cli.tasks import session
 from jstorrent_cli.tasks.peer import PeerLink
 from jstorrent_cli.tasks.scheduler_task import SchedulerActor
-from tests.conftest import assert_payload, build_torrent, random_files, write_payload
+from tests.conftest import assert_payload, build_torrent, random_files, reaped, write_payload
 
 DEADLINE = 60
 
@@ -174,7 +174,7 @@ async def test_cli_get_stops_on_sigint_and_sigterm_with_status_130(tmp_path: Pat
                 [sys.executable, "-m", "jstorrent_cli", "get", str(tmp_path / "t.torrent"), "-d", str(tmp_path),
                  "--peer", "127.0.0.9:9", "--listen", "127.0.0.3", "--port", "0", "--json"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            try:
+            async with reaped(process):
                 assert process.stdout is not None
                 await process.stdout.receive_some(1)  # the first progress record: the session is running
                 process.send_signal(signum)
@@ -183,10 +183,6 @@ async def test_cli_get_stops_on_sigint_and_sigterm_with_status_130(tmp_path: Pat
                     status = await process.wait()
                 assert trio.current_time() - sent < DEFAULT_CONFIG.interrupt_grace
                 assert status == 130
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
 
 
 async def test_a_peer_that_sends_bad_data_is_banned_by_ip_any_port(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from jstorrent_cli.core.metainfo import Torrent
 from jstorrent_cli.tasks import session
 from jstorrent_cli.tasks.parts import parts_file_name
 from jstorrent_cli.tasks.resume_store import state_file_name
-from tests.conftest import assert_payload, build_torrent, random_files, write_payload
+from tests.conftest import assert_payload, build_torrent, random_files, reaped, write_payload
 
 DEADLINE = 60
 
@@ -145,7 +145,7 @@ async def test_ctrl_c_writes_the_state_and_the_rerun_fetches_only_the_rest(tmp_p
             port = await _seeder(nursery, torrent, tmp_path / "seed", "127.0.0.2", rate=512 * KiB)
             process = await trio.lowlevel.open_process(
                 [*cmd, "--peer", f"127.0.0.2:{port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            try:
+            async with reaped(process):
                 assert process.stdout is not None
                 buffered = b""
                 # Wait until some data is verified (progress records say so), then Ctrl-C.
@@ -159,10 +159,6 @@ async def test_ctrl_c_writes_the_state_and_the_rerun_fetches_only_the_rest(tmp_p
                 process.send_signal(signal.SIGINT)
                 with trio.fail_after(DEFAULT_CONFIG.interrupt_grace):
                     status = await process.wait()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
             assert status == 130
             recorded = _state(out, torrent).verified_pieces()
             assert 0 < len(recorded) < torrent.piece_count

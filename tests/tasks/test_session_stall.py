@@ -16,7 +16,7 @@ from jstorrent_cli.core import wire
 from jstorrent_cli.core.diagnose import Reason, StallReport
 from jstorrent_cli.errors import ExitStatus, StallTimeoutError
 from jstorrent_cli.tasks import session
-from tests.conftest import build_torrent, free_port, random_files
+from tests.conftest import build_torrent, free_port, random_files, reaped
 
 DEADLINE = 30
 # Small delays so a stall shows within a second or two (the defaults are 30 s and 1 s).
@@ -170,7 +170,7 @@ async def test_sigusr1_dumps_the_state_and_the_download_goes_on(tmp_path: Path) 
             [sys.executable, "-m", "jstorrent_cli", "get", str(tmp_path / "t.torrent"), "-d", str(tmp_path),
              "--peer", "127.0.0.9:9", "--listen", "127.0.0.3", "--port", "0", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        async with reaped(process):
             assert process.stdout is not None and process.stderr is not None
             out = b""
             while b'"downloading"' not in out:  # the transfer runs (the dump needs its scheduler)
@@ -191,10 +191,6 @@ async def test_sigusr1_dumps_the_state_and_the_download_goes_on(tmp_path: Path) 
             assert process.returncode is None
             process.send_signal(signal.SIGINT)
             status = await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
     assert status == 130
     text = err.decode()
     assert "--- jstorrent state of dump" in text
@@ -241,7 +237,7 @@ async def test_ctrl_c_stops_within_the_grace_when_the_tracker_never_answers_stop
                 [sys.executable, "-m", "jstorrent_cli", "get", str(tmp_path / "t.torrent"), "-d", str(tmp_path),
                  "--listen", "127.0.0.3", "--port", "0", "--json"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            try:
+            async with reaped(process):
                 assert process.stdout is not None
                 await answered.wait()
                 # One more progress record: the client has read the answer (the tracker is "the last one").
@@ -255,10 +251,6 @@ async def test_ctrl_c_stops_within_the_grace_when_the_tracker_never_answers_stop
                 with trio.fail_after(DEFAULT_CONFIG.interrupt_grace):
                     status = await process.wait()
                 took = trio.current_time() - sent
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
             nursery.cancel_scope.cancel()
     assert status == 130
     assert stopped_seen.is_set()  # the stopped announce was tried (and got no answer)...
