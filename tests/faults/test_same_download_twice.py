@@ -18,7 +18,7 @@ import trio
 
 from jstorrent_cli.config import KiB, MiB
 from jstorrent_cli.errors import ExitStatus
-from tests.conftest import assert_payload, build_torrent, random_files, write_payload
+from tests.conftest import assert_payload, build_torrent, random_files, reaped, write_payload
 from tests.faults.common import SEEDER_HOST, get_command, run_get, start_seeder, verified_pieces
 
 DEADLINE = 40
@@ -37,7 +37,7 @@ async def test_second_get_of_the_same_download_is_refused_and_the_first_complete
             port = await start_seeder(nursery, torrent, tmp_path / "seed", rate=RATE)
             cmd = get_command(tmp_path / "t.torrent", out, [(SEEDER_HOST, port)], "--quiet")
             first = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
+            async with reaped(first):
                 while not verified_pieces(out, torrent):
                     await trio.sleep(0.02)  # polling the first one's state file: it is running
                 second = await run_get(cmd)
@@ -46,10 +46,6 @@ async def test_second_get_of_the_same_download_is_refused_and_the_first_complete
                 line = second.one_error_line()
                 assert "another jstorrent is already downloading" in line and str(out) in line, line
                 assert await first.wait() == 0
-            finally:
-                if first.returncode is None:
-                    first.kill()
-                    await first.wait()
             assert_payload(out, name, files)
             # A holder killed with -9 leaves the lock file behind, but not the lock. This one has no peer to
             # call, so it waits (holding the lock) until killed.
