@@ -43,6 +43,7 @@ from jstorrent_cli.ui.display import (
     StatusLike,
     eta_seconds,
     fraction,
+    is_terminal,
     plain_line,
     progress_record,
     redraw_live,
@@ -369,11 +370,7 @@ def make_batch_display(
         return BatchJsonDisplay(config, file=out)
     if quiet:
         return BatchQuietDisplay(file=err)
-    try:
-        tty = err.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    if tty:
+    if is_terminal(err):
         from rich.console import Console
 
         return BatchRichDisplay(config, console=Console(file=err), out=out)

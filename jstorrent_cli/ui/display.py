@@ -751,14 +751,14 @@ def make_display(
         return JsonDisplay(config, file=out)
     if quiet:
         return QuietDisplay(file=err)
-    if _isatty(err):
+    if is_terminal(err):
         from rich.console import Console  # the only view that needs rich (see the imports at the top)
 
         return RichDisplay(config, verbose=verbose, console=Console(file=err))
     return PlainDisplay(config, file=err)
 
 
-def _isatty(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # a closed or odd stream is not a terminal
