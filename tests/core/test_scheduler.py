@@ -429,6 +429,18 @@ def test_sole_contributor_of_a_bad_piece_is_banned_by_ip() -> None:
     assert {p for p, _, _ in requests(out, 1)} == {0, 1}
 
 
+def two_peers_sharing_pieces(
+    num_pieces: int, blocks: int, **overrides: object,
+) -> tuple[Scheduler, dict[int, list[m.BlockRef]]]:
+    """Two peers that have everything, with one request and one started piece each at a time (a start cap
+    of one piece), so they share each piece's first attempt; their requests so far, by peer."""
+    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1,
+                                 partial_pieces_per_peer=0.5, partial_pieces_bytes=BS,
+                                 **overrides)  # type: ignore[arg-type]
+    s = make(num_pieces=num_pieces, blocks=blocks, config=config)
+    return s, {0: requests(join(s, 0, have_all=True, reqq=1), 0), 1: requests(join(s, 1, have_all=True, reqq=1), 1)}
+
+
 def run_until_hashed(s: Scheduler, pending: dict[int, list[m.BlockRef]], now: float,
                      contributors: dict[int, set[int]]) -> tuple[int, float]:
     """Deliver every pending request (collecting new ones) until a piece awaits its hash."""
@@ -457,12 +469,7 @@ def run_until_hashed(s: Scheduler, pending: dict[int, list[m.BlockRef]], now: fl
 
 def test_shared_bad_pieces_raise_suspicion_until_the_threshold() -> None:
     # a start cap of one piece makes the two peers share each piece's first attempt
-    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1,
-                                 hash_fail_ban_threshold=2, endgame_max_dups=1,
-                                 partial_pieces_per_peer=0.5, partial_pieces_bytes=BS)
-    s = make(num_pieces=2, blocks=2, config=config)
-    pending = {0: requests(join(s, 0, have_all=True, reqq=1), 0),
-               1: requests(join(s, 1, have_all=True, reqq=1), 1)}
+    s, pending = two_peers_sharing_pieces(num_pieces=2, blocks=2, hash_fail_ban_threshold=2, endgame_max_dups=1)
     contributors: dict[int, set[int]] = {}
     bans: list[str] = []
     now = 0.0
@@ -479,11 +486,7 @@ def test_shared_bad_pieces_raise_suspicion_until_the_threshold() -> None:
 
 
 def test_a_failed_piece_is_fetched_from_one_peer_at_a_time() -> None:
-    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1, endgame_max_dups=3,
-                                 partial_pieces_per_peer=0.5, partial_pieces_bytes=BS)
-    s = make(num_pieces=1, blocks=4, config=config)
-    pending = {0: requests(join(s, 0, have_all=True, reqq=1), 0),
-               1: requests(join(s, 1, have_all=True, reqq=1), 1)}
+    s, pending = two_peers_sharing_pieces(num_pieces=1, blocks=4, endgame_max_dups=3)
     contributors: dict[int, set[int]] = {}
     piece, now = run_until_hashed(s, pending, 0.0, contributors)
     assert contributors.pop(piece) == {0, 1}
@@ -707,12 +710,7 @@ def test_random_swarm_always_finishes(num_pieces: int, blocks: int, rates: list[
 
 def test_a_banned_liars_leftover_blocks_do_not_count_against_honest_peers() -> None:
     # The honest peer shares one failed piece with a liar; once the liar is banned that point is forgiven.
-    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1,
-                                 hash_fail_ban_threshold=2, endgame_max_dups=1,
-                                 partial_pieces_per_peer=0.5, partial_pieces_bytes=BS)
-    s = make(num_pieces=3, blocks=2, config=config)
-    pending = {0: requests(join(s, 0, have_all=True, reqq=1), 0),
-               1: requests(join(s, 1, have_all=True, reqq=1), 1)}
+    s, pending = two_peers_sharing_pieces(num_pieces=3, blocks=2, hash_fail_ban_threshold=2, endgame_max_dups=1)
     contributors: dict[int, set[int]] = {}
     # piece A: shared between the liar (peer 0) and the honest peer 1; it fails: one point each
     a, now = run_until_hashed(s, pending, 0.0, contributors)
@@ -735,11 +733,7 @@ def test_a_banned_liars_leftover_blocks_do_not_count_against_honest_peers() -> N
 
 
 def test_a_good_single_source_retry_forgives_its_source() -> None:
-    config = dataclasses.replace(DEFAULT_CONFIG, peer_limit_initial=1, peer_limit_min=1, endgame_max_dups=1,
-                                 partial_pieces_per_peer=0.5, partial_pieces_bytes=BS)
-    s = make(num_pieces=1, blocks=2, config=config)
-    pending = {0: requests(join(s, 0, have_all=True, reqq=1), 0),
-               1: requests(join(s, 1, have_all=True, reqq=1), 1)}
+    s, pending = two_peers_sharing_pieces(num_pieces=1, blocks=2, endgame_max_dups=1)
     contributors: dict[int, set[int]] = {}
     piece, now = run_until_hashed(s, pending, 0.0, contributors)
     assert contributors.pop(piece) == {0, 1}
