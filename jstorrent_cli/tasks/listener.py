@@ -83,6 +83,12 @@ class ReplayStream(trio.abc.Stream):
         self._head = head
         self.stream = stream
 
+    def take_head(self) -> bytes:
+        """The bytes read ahead and not received yet; after this, reading `stream` itself is safe (a peer
+        connection does that, so the router's connections keep the socket's receive-into path)."""
+        head, self._head = self._head, b""
+        return head
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._head:
             if max_bytes is None or max_bytes >= len(self._head):

@@ -63,6 +63,7 @@ from jstorrent_cli.core.messages import (
     Unchoked,
 )
 from jstorrent_cli.errors import RemoteProtocolError, StorageError
+from jstorrent_cli.tasks.listener import ReplayStream
 
 log = logging.getLogger("jstorrent.peer")
 
@@ -238,7 +239,14 @@ class _Connection:
         # A socket is received into a buffer of our own, reused: the decoder copies the blocks out of
         # it once (one bytes per run of blocks), so no receive buffer stays pinned by the blocks waiting
         # for the writer. It starts small and doubles while receives fill it, up to Config.peer_recv_size.
-        self.sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # A connection the router read ahead on (tasks/listener.py, a batch's one port): its bytes come
+        # first, then the socket itself.
+        self.head = b""
+        raw = stream
+        if isinstance(stream, ReplayStream):
+            self.head = stream.take_head()
+            raw = stream.stream
+        self.sock = raw.socket if isinstance(raw, trio.SocketStream) else None
         self.recv_buffer = bytearray(min(self.config.peer_recv_initial, self.config.peer_recv_size))
 
     # -- sending --
@@ -250,6 +258,9 @@ class _Connection:
     async def receive(self) -> bytes | bytearray | memoryview:
         """The next bytes from the peer. From a socket, a view of our receive buffer, valid until
         the next call (the decoder copies what it keeps); from any other stream, its own bytes."""
+        if self.head:
+            head, self.head = self.head, b""
+            return head
         if self.sock is None:
             data = await self.stream.receive_some(self.config.peer_recv_size)
             if not data:

@@ -293,3 +293,23 @@ async def test_queued_requests_are_served_in_order_with_the_right_bytes() -> Non
         assert bytes(msg.block) == CONTENT[start : start + ref[2]]
     assert link.up.total == sum(ref[2] for ref in wanted)
     assert (1, 0, 32 * KiB) in reads  # the two contiguous blocks of piece 1 were one read
+
+
+async def test_a_routed_connection_gives_the_read_ahead_bytes_first_then_receives_from_its_socket() -> None:
+    """The batch router reads a connection's first bytes to route it and hands it on as a ReplayStream: those
+    bytes come first, then the connection receives straight from the socket into its reused buffer (not
+    through the wrapper, which would allocate per receive)."""
+    from jstorrent_cli.tasks.listener import ReplayStream
+    from jstorrent_cli.tasks.peer import _Connection
+
+    a, b = trio.socket.socketpair()
+    with trio.fail_after(DEADLINE), a, b:
+        send, _ = trio.open_memory_channel[Fact](1)
+        ctx = TorrentContext(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LENGTH, TOTAL, DEFAULT_CONFIG, bytearray(1), send,
+                             read_block)
+        link = PeerLink(1, "127.0.0.9", 6881, DEFAULT_CONFIG, incoming=True, now=trio.current_time())
+        conn = _Connection(ReplayStream(b"read ahead", trio.SocketStream(a)), link, ctx)
+        assert conn.sock is a
+        await trio.SocketStream(b).send_all(b"then the socket")
+        assert bytes(await conn.receive()) == b"read ahead"
+        assert bytes(await conn.receive()) == b"then the socket"
