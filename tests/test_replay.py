@@ -239,6 +239,8 @@ def test_every_fact_kind_reads_back_as_it_was_recorded() -> None:
         m.Have(0, 5), m.Unchoked(0), m.Choked(1), m.PeerInterested(0), m.PeerNotInterested(0), m.AllowedFast(1, 2),
         m.RequestRejected(0, 1, 16 * KiB, 16 * KiB), m.BlocksWritten(((0, 0, 16 * KiB),)),
         m.PieceHashed(3, False, (b"\x01" * 20, b"\x02" * 20)), m.PieceHashed(2, True), m.Tick(), m.PeerGone(1),
+        # three digests (a failed 3-block piece) look like one (int, int, bytes) block unless told apart
+        m.PieceHashed(4, False, (b"\x03" * 20, b"\x04" * 20, b"\x05" * 20)),
         m.BlocksReceived(0, ((0, 0, b"x" * (16 * KiB)), (0, 16 * KiB, b"y" * (16 * KiB)))),
     ]
     lines: list[str] = []

@@ -51,7 +51,7 @@ def _value(value: object) -> object:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, tuple):
-        if len(value) == 3 and isinstance(value[2], bytes | bytearray | memoryview):
+        if len(value) == 3 and isinstance(value[0], int) and isinstance(value[2], bytes | bytearray | memoryview):
             return [value[0], value[1], len(value[2])]  # a received block: its length, never its data
         return [_value(v) for v in value]
     return value
