@@ -95,6 +95,9 @@ class ConnectionManager:
         self.on_empty: Callable[[], None] | None = None  # every connection is gone (re-announce sooner)
         self._ids = itertools.count(1)
         self._wake = trio.Event()
+        # Every link, accepted ones too, runs in `run`'s nursery: it ends with this manager's torrent, even
+        # when the listener that accepted it serves a whole batch (tasks/batch.py) and goes on.
+        self._nursery: trio.Nursery | None = None
         if slots is not None:
             slots.add(self)
 
@@ -162,15 +165,24 @@ class ConnectionManager:
         return link
 
     async def accept(self, stream: trio.abc.Stream, ip: str, port: int) -> None:
-        """The listener's handler: take the connection if there is room and the IP is not banned."""
-        if not self.accepting or ip in self.banned or not self._incoming_room():
+        """The listener's handler: take the connection if there is room and the IP is not banned. The link
+        runs in this manager's own nursery (see `__init__`); this waits for it to end, since the listener
+        closes the stream when its handler returns."""
+        nursery = self._nursery
+        if nursery is None or not self.accepting or ip in self.banned or not self._incoming_room():
             await trio.aclose_forcefully(stream)
             return
         self.incoming += 1
+        ended = trio.Event()
+        nursery.start_soon(self._run_accepted, stream, ip, port, ended)
+        await ended.wait()
+
+    async def _run_accepted(self, stream: trio.abc.Stream, ip: str, port: int, ended: trio.Event) -> None:
         try:
             await self._run_link(stream, ip, port, incoming=True)
         finally:
             self.incoming -= 1
+            ended.set()
 
     async def _connect(self, address: Address, state: _AddressState) -> None:
         host, port = address
@@ -209,27 +221,36 @@ class ConnectionManager:
                 state.next_try = now + min(delay, self.config.connect_retry_max)
             self._wake.set()
 
-    async def run(self) -> None:
-        """Connect to known addresses while there is room, forever (until cancelled)."""
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect to known addresses while there is room, and run every link, forever (until cancelled).
+        With `nursery.start`, it reports once it takes accepted connections."""
         async with trio.open_nursery() as nursery:
-            while True:
-                now = trio.current_time()
-                ready = [
-                    (address, state)
-                    for address, state in self.addresses.items()
-                    if not state.busy and state.next_try <= now and address[0] not in self.banned
-                ]
-                ready.sort(key=lambda item: (not item[1].worked, item[1].failures))
-                for address, state in ready:
-                    if not self.accepting or not self._room():
-                        break
-                    state.busy = True
-                    self.connecting += 1
-                    nursery.start_soon(self._connect, address, state)
-                waiting = [
-                    s.next_try for a, s in self.addresses.items()
-                    if not s.busy and s.next_try > now and a[0] not in self.banned
-                ]
-                with trio.move_on_at(min(waiting) if waiting else float("inf")):
-                    await self._wake.wait()
-                self._wake = trio.Event()
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await self._connect_loop(nursery)
+            finally:
+                self._nursery = None
+
+    async def _connect_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            now = trio.current_time()
+            ready = [
+                (address, state)
+                for address, state in self.addresses.items()
+                if not state.busy and state.next_try <= now and address[0] not in self.banned
+            ]
+            ready.sort(key=lambda item: (not item[1].worked, item[1].failures))
+            for address, state in ready:
+                if not self.accepting or not self._room():
+                    break
+                state.busy = True
+                self.connecting += 1
+                nursery.start_soon(self._connect, address, state)
+            waiting = [
+                s.next_try for a, s in self.addresses.items()
+                if not s.busy and s.next_try > now and a[0] not in self.banned
+            ]
+            with trio.move_on_at(min(waiting) if waiting else float("inf")):
+                await self._wake.wait()
+            self._wake = trio.Event()

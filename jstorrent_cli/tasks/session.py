@@ -705,11 +705,11 @@ class _Session:
             nursery.start_soon(ticker, inbox_send, config.tick_interval)
             nursery.start_soon(storage.writer_loop, write_receive, send_written)
             nursery.start_soon(storage.hasher_loop, hash_receive, send_hashed)
+            await nursery.start(manager.run)  # before any connection is accepted: links run in its nursery
             if listeners is not None:
                 nursery.start_soon(listener_mod.serve, listeners, manager.accept)
             elif self.shared is not None:
                 self.shared.router.register(torrent.info_hash, manager.accept)
-            nursery.start_soon(manager.run)
             nursery.start_soon(self.watch_seeding)
             nursery.start_soon(self.watch_stalls)
             manager.add_addresses(self.initial_peers)
