@@ -200,6 +200,9 @@ class Config:
     # Queued upload requests read from disk together and sent in one write (fewer loop wakeups per block):
     # 64 blocks = 1 MiB, one read hop and one send (16 gave 4x the hops; demo A/B in docs/performance.md).
     upload_batch_blocks: int = 64
+    # With --max-upload-limit a batch holds at most this many seconds of the rate (at least one block): the
+    # limiter is charged per batch, so a 1 MiB batch at 100 KiB/s would send nothing for 10 s, then burst.
+    upload_rate_batch_window: float = 0.25
 
     # --- batch (tasks/batch.py: several torrents in one process) ---------------------------------
     # -j: downloads running at once (aria2c's --max-concurrent-downloads default is 5).

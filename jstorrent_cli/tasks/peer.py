@@ -139,6 +139,15 @@ class TokenBucket:
             await trio.sleep(-self.tokens / self.rate)
 
 
+def upload_batch_blocks(config: Config, limit: TokenBucket | None) -> int:
+    """Blocks read and sent together: Config.upload_batch_blocks, or under an upload limit at most
+    Config.upload_rate_batch_window seconds of its rate (at least one block)."""
+    if limit is None:
+        return config.upload_batch_blocks
+    return max(1, min(config.upload_batch_blocks,
+                      int(limit.rate * config.upload_rate_batch_window) // config.block_size))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TorrentContext:
     """What every connection of one torrent shares (the session owns it).
@@ -412,7 +421,8 @@ class _Connection:
             if not self.queued:
                 continue
             batch: list[BlockRef] = []
-            while self.queued and len(batch) < self.config.upload_batch_blocks:
+            most = upload_batch_blocks(self.config, self.ctx.upload_limit)
+            while self.queued and len(batch) < most:
                 ref = next(iter(self.queued))
                 del self.queued[ref]
                 batch.append(ref)

@@ -313,3 +313,17 @@ async def test_a_routed_connection_gives_the_read_ahead_bytes_first_then_receive
         await trio.SocketStream(b).send_all(b"then the socket")
         assert bytes(await conn.receive()) == b"read ahead"
         assert bytes(await conn.receive()) == b"then the socket"
+
+
+def test_an_upload_limit_caps_the_blocks_sent_together() -> None:
+    """The limiter is charged per batch: under a limit a batch holds a fraction of a second of the rate,
+    so a slow limit sends a block at a time instead of 1 MiB after a long silence."""
+    from jstorrent_cli.tasks.peer import TokenBucket, upload_batch_blocks
+
+    config = DEFAULT_CONFIG
+    assert upload_batch_blocks(config, None) == config.upload_batch_blocks
+    slow = TokenBucket(100 * KiB, 1.0, 0.0)
+    assert upload_batch_blocks(config, slow) == 1  # 0.25 s of 100 KiB/s is 25 KiB: one block
+    fast = TokenBucket(1024 * 1024 * KiB, 1.0, 0.0)
+    assert upload_batch_blocks(config, fast) == config.upload_batch_blocks
+    assert upload_batch_blocks(config, TokenBucket(1, 1.0, 0.0)) == 1  # never zero
