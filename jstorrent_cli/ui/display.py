@@ -534,7 +534,8 @@ class RichDisplay:
 def plain_line(status: StatusLike) -> str:
     """aria2c's status line shape: [#id done/total(pct%) CN:n DL:rate UL:rate ETA:t BUF:used/budget].
 
-    ETA is left out while it is unknown (no download rate), as aria2c does.
+    ETA is left out while it is unknown (no download rate), as aria2c does. The session's note (a stall's
+    cause, the start-up check's progress) follows the brackets.
     """
     snap = status.scheduler
     total = status.total_bytes
@@ -551,7 +552,8 @@ def plain_line(status: StatusLike) -> str:
     if eta is not None:
         parts.append(f"ETA:{format_duration(eta)}")
     parts.append(f"BUF:{format_size(snap.bytes_in_flight + snap.bytes_waiting_for_disk)}/{format_size(snap.budget)}")
-    return "[" + " ".join(parts) + "]"
+    note = getattr(status, "note", None)
+    return "[" + " ".join(parts) + "]" + (f" {note}" if note else "")
 
 
 RESULT_OK = "ok"
@@ -594,8 +596,7 @@ class PlainDisplay:
         while True:
             await trio.sleep(self._config.plain_interval)
             status = poll()
-            note = getattr(status, "note", None)
-            self._write(plain_line(status) + (f" {note}" if note else ""))
+            self._write(plain_line(status))
             self.lines += 1
 
     def stall(self, report: StallReport) -> None:

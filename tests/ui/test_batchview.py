@@ -78,6 +78,11 @@ def test_an_item_line_carries_its_note_a_stall_or_the_check() -> None:
     assert by_name["one"].endswith(f"downloading  {stalled}")
     assert by_name["two"].endswith(f"downloading  {checking}")
     assert by_name["three"].endswith("downloading")
+    # The plain view (a pipe) gives an item the same note after its aria2c-style status line.
+    from jstorrent_cli.ui.display import plain_line
+
+    assert plain_line(items[0].status).endswith(f"] {stalled}")  # type: ignore[arg-type]
+    assert plain_line(items[2].status).endswith("]")  # type: ignore[arg-type]
 
 
 def test_interrupted_items_are_counted_as_interrupted_not_failed() -> None:
