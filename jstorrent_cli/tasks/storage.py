@@ -605,27 +605,12 @@ class Storage:
         ok, _ = await _in_thread(functools.partial(self._hash_sync, piece, expected_sha1, False), self._hash_limiter)
         return ok
 
-    async def hash_piece_blocks(self, piece: int, expected_sha1: bytes) -> tuple[bool, tuple[bytes, ...]]:
-        """Like `hash_piece`, also returning the SHA-1 of each block (empty if the piece is not all
-        on disk), which the scheduler keeps to find the liar behind a failed piece."""
-        return await _in_thread(functools.partial(self._hash_sync, piece, expected_sha1, True), self._hash_limiter)
-
     def _hash_wanted_sync(self, piece: int, expected: bytes, want: bool) -> tuple[bool, tuple[bytes, ...]]:
         ok, digests = self._hash_sync(piece, expected, want)
         if not ok and not want:
             # Rare: read the failed piece again for its block digests (one SHA-1 pass for the rest).
             _, digests = self._hash_sync(piece, expected, True)
         return ok, digests
-
-    async def hash_piece_checked(
-        self, piece: int, expected_sha1: bytes, want_block_digests: bool
-    ) -> tuple[bool, tuple[bytes, ...]]:
-        """Hash the piece; the SHA-1 of each block comes too only when `want_block_digests` is
-        set or the piece fails its hash (then the piece is read a second time). The digests are
-        empty if not computed or the piece is not all on disk."""
-        return await _in_thread(
-            functools.partial(self._hash_wanted_sync, piece, expected_sha1, want_block_digests), self._hash_limiter
-        )
 
     def _read_sync(self, piece: int, begin: int, length: int) -> bytes:
         data = b"".join(self._read_range(piece, begin, length))
@@ -731,7 +716,7 @@ class Storage:
         receive_pieces: trio.MemoryReceiveChannel[tuple[int, bytes, bool]],
         send_hashed: Callable[[int, bool, tuple[bytes, ...]], Awaitable[None]],
     ) -> None:
-        """Hash every `(piece, expected_sha1, want_block_digests)` received (see `hash_piece_checked`);
+        """Hash every `(piece, expected_sha1, want_block_digests)` received (see `hash_pieces`);
         answer `send_hashed(piece, ok, block_digests)`.
 
         `config.hash_threads` long-lived tasks; each takes a piece, then the pieces already queued
@@ -776,7 +761,10 @@ class Storage:
 
     async def hash_pieces(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:
         """Hash several `(piece, expected_sha1, want_block_digests)` in one thread hop; one
-        `(ok, block_digests)` per job, in order (see `hash_piece_checked`)."""
+        `(ok, block_digests)` per job, in order. The SHA-1 of each block (which the scheduler keeps to
+        find the liar behind a failed piece) comes only when `want_block_digests` is set or the piece
+        fails its hash (then it is read a second time); the digests are empty if not computed or the
+        piece is not all on disk."""
         return await _in_thread(functools.partial(self._hash_many_sync, jobs), self._hash_limiter)
 
     def _hash_many_sync(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[tuple[bool, tuple[bytes, ...]]]:

@@ -159,7 +159,7 @@ async def test_any_block_order_gives_exact_files_and_good_hashes(torrent: Torren
             g = torrent.geometry
             for piece in range(g.piece_count):
                 assert await storage.hash_piece(piece, torrent.piece_hash(piece))
-                ok, digests = await storage.hash_piece_blocks(piece, torrent.piece_hash(piece))
+                [(ok, digests)] = await storage.hash_pieces([(piece, torrent.piece_hash(piece), True)])
                 assert ok
                 assert digests == tuple(hashlib.sha1(d).digest() for p, _, d in blocks if p == piece)
                 whole = torrent.piece_bytes(piece)
@@ -224,9 +224,8 @@ async def test_a_short_file_fails_the_hash_and_the_read(root: Path) -> None:
     with trio.fail_after(DEADLINE), Storage(root, torrent.files, torrent.geometry, config) as storage:
         await storage.write_blocks(torrent.blocks()[:1])
         assert not await storage.hash_piece(0, torrent.piece_hash(0))
-        assert await storage.hash_piece_blocks(0, torrent.piece_hash(0)) == (False, ())
         for want in (False, True):
-            assert await storage.hash_piece_checked(0, torrent.piece_hash(0), want) == (False, ())
+            assert await storage.hash_pieces([(0, torrent.piece_hash(0), want)]) == [(False, ())]
         with pytest.raises(StorageError):
             await storage.read_block(0, BLOCK_SIZE, BLOCK_SIZE)
 
