@@ -776,8 +776,9 @@ class Scheduler:
 
     def _on_verified(self, piece: int, digests: tuple[bytes, ...] | None) -> None:
         picker = self.picker
-        sources = {c[1] for c in picker.active[piece].contributors if c is not None}
-        if len(sources) == 1 and self._shared_failures:
+        sources = ({c[1] for c in picker.active[piece].contributors if c is not None} if self._shared_failures
+                   else ())  # looked at only while some shared failure is unexplained (rare)
+        if len(sources) == 1:
             # One IP delivered this whole good piece: its point for an earlier failed attempt of the
             # same piece is forgiven (without digests nothing better tells the liar from the honest).
             source = next(iter(sources))
