@@ -20,11 +20,12 @@ from pathlib import Path
 import trio
 
 from jstorrent_cli.config import Config
-from jstorrent_cli.core import metainfo
+from jstorrent_cli.core import metainfo, resume
 from jstorrent_cli.core.create import build_metainfo, choose_piece_length
 from jstorrent_cli.errors import ChecksumError
 from jstorrent_cli.tasks import session
 from jstorrent_cli.tasks.create import hash_pieces
+from jstorrent_cli.tasks.resume_store import StateStore, stat_files_sync
 
 # Payload generation writes this much per thread hop.
 _WRITE_STEP = 16 * 1024 * 1024
@@ -103,6 +104,9 @@ async def run_demo(
                 own_dir.mkdir(exist_ok=True)
                 if not (own_dir / _PAYLOAD_NAME).exists():
                     (own_dir / _PAYLOAD_NAME).hardlink_to(payload)
+                # The payload was just hashed to make the torrent: a resume state saying so spares each
+                # seeder hashing it all again before it serves (size and mtime are checked as usual).
+                await trio.to_thread.run_sync(_write_seeder_state, torrent, own_dir, config)
                 port = await nursery.start(_seeder, seeder_config, torrent, own_dir, host)
                 peers.append((host, port))
             result = await session.run(config, torrent, leech_dir, peers=peers, display=display,
@@ -119,6 +123,12 @@ async def run_demo(
     finally:
         if options.workdir is None and not options.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _write_seeder_state(torrent: metainfo.Torrent, own_dir: Path, config: Config) -> None:
+    state = resume.ResumeState.make(torrent.info_hash, torrent.piece_count, range(torrent.piece_count),
+                                    stat_files_sync(own_dir, [(_PAYLOAD_NAME,)]))
+    StateStore(own_dir, _PAYLOAD_NAME, config).write_sync(resume.encode(state))
 
 
 async def _seeder(
