@@ -47,14 +47,19 @@ class DemoOptions:
     seed: int  # seeds the payload generator, so a run can be repeated
 
 
-def _write_payload(path: Path, size: int, seed: int) -> None:
+def _write_payload(path: Path, size: int, seed: int) -> bytes:
+    """Write the payload; its SHA-1 (what the download is checked against at the end)."""
     rng = random.Random(seed)
+    h = hashlib.sha1()
     with open(path, "wb") as f:
         left = size
         while left:
             step = min(_WRITE_STEP, left)
-            f.write(rng.randbytes(step))
+            data = rng.randbytes(step)
+            h.update(data)
+            f.write(data)
             left -= step
+    return h.digest()
 
 
 def _sha1_file(path: Path) -> bytes:
@@ -81,7 +86,7 @@ async def run_demo(
         leech_dir.mkdir(exist_ok=True)
         payload = seed_dir / _PAYLOAD_NAME
         say(f"demo: making a {options.size:,}-byte payload in {workdir}")
-        await trio.to_thread.run_sync(_write_payload, payload, options.size, options.seed)
+        want = await trio.to_thread.run_sync(_write_payload, payload, options.size, options.seed)
         piece_length = options.piece_length or choose_piece_length(options.size, config)
         hashes = await hash_pieces([payload], [options.size], piece_length, lambda _n: None, config)
         data = build_metainfo(name=_PAYLOAD_NAME, files=None, single_length=options.size,
@@ -114,7 +119,6 @@ async def run_demo(
             nursery.cancel_scope.cancel()
         if result.status == "ok":
             got = await trio.to_thread.run_sync(_sha1_file, leech_dir / _PAYLOAD_NAME)
-            want = await trio.to_thread.run_sync(_sha1_file, payload)
             if got != want:
                 error = ChecksumError("demo: the downloaded file differs from the payload")
                 return dataclasses.replace(result, status="error", error=str(error), exception=error)
