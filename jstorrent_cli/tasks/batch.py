@@ -192,7 +192,6 @@ class _Batch:
     # -- items --
 
     async def run_item(self, entry: _Entry, slots: trio.Semaphore) -> None:
-        entry.phase = PHASE_ACTIVE
         try:
             entry.result = await self._run_item(entry)
         except Exception as exc:  # a bug in one item must not end the others: one line, logged in full
@@ -324,7 +323,7 @@ async def run_batch(
     Raises only when the listening port cannot be opened (before any item starts)."""
     listeners = await listener_mod.open_listeners(config, options.listen_host, options.port)
     shared = session.Shared(
-        router=listener_mod.Router(config), port=listener_mod.listening_port(listeners), slots=PeerSlots(config),
+        router=listener_mod.Router(config), port=listener_mod.listening_port(listeners), slots=PeerSlots(),
         pool=BudgetPool(config.max_unflushed_bytes,
                         min_share=max(config.budget_min_share, config.block_size)),
     )

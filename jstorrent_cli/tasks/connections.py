@@ -45,8 +45,7 @@ class _AddressState:
 class PeerSlots:
     """One connection limit for several managers (a batch): Config.max_peers over all of them."""
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self) -> None:
         self.managers: list[ConnectionManager] = []
 
     def used(self) -> int:
