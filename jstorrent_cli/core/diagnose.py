@@ -55,6 +55,7 @@ from typing import Any, Protocol
 from jstorrent_cli.config import DEFAULT_CONFIG, Config
 from jstorrent_cli.core.messages import PeerId
 from jstorrent_cli.core.scheduler import ActivePieceDetail, PeerSnapshot, PieceDetail, SchedulerSnapshot
+from jstorrent_cli.core.units import format_size
 
 RECORD_SCHEMA = 1  # version of the --json "stall" record (docs/stalls.md); raise it when a field changes meaning
 
@@ -541,19 +542,6 @@ def _tracker_entry(status: TrackerLike, now: float) -> TrackerEntry:
         peers_received=status.peers_received, seeders=status.seeders, leechers=status.leechers)
 
 
-_SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-_SIZE_STEP = 1024
-
-
-def _size(n: float) -> str:
-    value = float(n)
-    for unit in _SIZE_UNITS:
-        if value < _SIZE_STEP or unit == _SIZE_UNITS[-1]:
-            return f"{int(value)}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= _SIZE_STEP
-    raise AssertionError("unreachable")
-
-
 _MINUTE = 60
 _HOUR = 3600
 
@@ -625,8 +613,8 @@ def _sentence(report: StallReport) -> str:
         return (f"No peer is connected and {_tracker_clause(report)}. Check the network and the trackers; "
                 "jstorrent keeps announcing and connects as soon as peers are known.")
     if cause is Reason.WAITING_FOR_BUDGET:
-        return (f"The disk is behind: {_size(report.bytes_waiting_for_disk)} received wait to be written and the "
-                f"{_size(report.budget)} buffer is full, so no new requests go out for {pieces}. A faster disk "
+        return (f"The disk is behind: {format_size(report.bytes_waiting_for_disk)} received wait to be written and the "
+                f"{format_size(report.budget)} buffer is full, so no new requests go out for {pieces}. A faster disk "
                 "(or fewer downloads at once) helps; a larger --max-buffer only hides it.")
     if cause is Reason.NOBODY_HAS_IT:
         who = ("The only connected peer does not have" if report.peers_connected == 1
@@ -676,7 +664,7 @@ def report_lines(report: StallReport) -> list[str]:
     head = "Stall report"
     if report.stalled_for is not None:
         head += f": no block for {_secs(report.stalled_for)}"
-    size = f" ({_size(report.missing_bytes)})"
+    size = f" ({format_size(report.missing_bytes)})"
     head += f"{':' if report.stalled_for is None else ';'} {_plural(report.missing_pieces, 'wanted piece')} missing"
     head += f"{size}, {_plural(report.peers_connected, 'peer')} connected."
     lines = [head, f"Most likely cause: {report.most_likely_cause}"]
@@ -688,7 +676,7 @@ def report_lines(report: StallReport) -> list[str]:
     for e in report.reasons:
         amount = f"{_plural(e.pieces, 'piece')}"
         if e.bytes is not None:
-            amount += f", {_size(e.bytes)}"
+            amount += f", {format_size(e.bytes)}"
         lines.append(f"  {e.reason.label:<{width}}  {amount}")
         if e.piece_ranges:
             lines.append(f"      pieces: {format_ranges(e.piece_ranges, e.more_ranges)}")
@@ -706,8 +694,9 @@ def report_lines(report: StallReport) -> list[str]:
         more = f" (+{report.more_unreachable_peers} more)" if report.more_unreachable_peers else ""
         lines.append(f"Unreachable peers: {', '.join(report.unreachable_peers)}{more}")
     used = report.bytes_in_flight + report.bytes_waiting_for_disk
-    lines.append(f"Buffer: {_size(used)} of {_size(report.budget)} used ({_size(report.bytes_in_flight)} "
-                 f"requested, {_size(report.bytes_waiting_for_disk)} waiting for disk).")
+    lines.append(f"Buffer: {format_size(used)} of {format_size(report.budget)} used "
+                 f"({format_size(report.bytes_in_flight)} requested, "
+                 f"{format_size(report.bytes_waiting_for_disk)} waiting for disk).")
     for t in report.trackers:
         name = t.tracker or "tracker"
         if t.last_error is not None:
