@@ -19,6 +19,7 @@ the fact that caused it. `read_log` parses a log back (header, then `Entry`s) an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -44,6 +45,13 @@ _CHECKED: dict[object, type | tuple[type, ...]] = {
 
 class LogError(UsageError):
     """The file given to `jstorrent replay` is not a readable scheduler log (exit status 28)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(length: int) -> bytes:
+    """A replayed block's stand-in data (the log has lengths only; the scheduler reads nothing else). Shared:
+    bytes are immutable, and nearly every block has the one full length."""
+    return bytes(length)
 
 
 def _value(value: object) -> object:
@@ -275,7 +283,7 @@ def _fact(record: dict[str, Any], block_size: int) -> m.Fact:
         if field.name in _BYTES_FIELDS:
             value = bytes.fromhex(value)
         elif field.name == "blocks" and cls is m.BlocksReceived:
-            value = tuple((_int(p, "piece"), _int(b, "begin"), bytes(_length(n, block_size))) for p, b, n in value)
+            value = tuple((_int(p, "piece"), _int(b, "begin"), _zeros(_length(n, block_size))) for p, b, n in value)
         elif field.name == "blocks":
             value = tuple((_int(p, "piece"), _int(b, "begin"), _int(n, "length")) for p, b, n in value)
         elif field.name == "block_digests" and value is not None:
