@@ -106,8 +106,13 @@ class LogHeader:
 
     def scheduler(self) -> Scheduler:
         """A fresh Scheduler that makes the decisions the recorded one made, given the same facts."""
-        return Scheduler(self.num_pieces, self.piece_length, self.total_length, self.config,
-                         random.Random(self.seed), wanted=self.wanted, have=self.have, sequential=self.sequential)
+        args, kwargs = self.scheduler_arguments()
+        return Scheduler(*args, **kwargs)
+
+    def scheduler_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The Scheduler's arguments, for the recorded run and its replays alike (one list, so they agree)."""
+        return ((self.num_pieces, self.piece_length, self.total_length, self.config, random.Random(self.seed)),
+                {"wanted": self.wanted, "have": self.have, "sequential": self.sequential})
 
 
 def _dumps(record: dict[str, object]) -> str:
@@ -164,9 +169,8 @@ class RecordingScheduler(Scheduler):
     per command issued (each ends with a newline). Nothing else differs, so a replay makes the same calls."""
 
     def __init__(self, header: LogHeader, sink: Callable[[str], None]) -> None:
-        super().__init__(header.num_pieces, header.piece_length, header.total_length, header.config,
-                         random.Random(header.seed), wanted=header.wanted, have=header.have,
-                         sequential=header.sequential)
+        args, kwargs = header.scheduler_arguments()
+        super().__init__(*args, **kwargs)
         self._sink = sink
         sink(_dumps(header.record()))
 
